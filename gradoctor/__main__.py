@@ -1,0 +1,3 @@
+from gradoctor.cli import main
+
+main()

@@ -1,0 +1,40 @@
+"""Built-in data components that a recipe names by dotted path.
+
+A recipe's ``data:`` section names one of these functions; its sibling keys are keyword
+arguments::
+
+    data:
+      _component_: gradoctor.data.synthetic_classification
+      batch_size: 32
+      n_features: 20
+
+Each returns a :class:`torch.utils.data.DataLoader` (``num_workers=0``,
+``drop_last=False``) that can be iterated again every epoch. Data are generated from a
+private generator seeded with ``seed``; shuffling follows the global torch RNG, which
+gradoctor seeds and checkpoints, so a resumed run sees the same batches.
+
+==============================  =================================================================
+component                       batch
+==============================  =================================================================
+``synthetic_classification``    ``(x float32 [B, F], y int64 [B])``
+``synthetic_regression``        ``(x float32 [B, F], y float32 [B, n_targets])``
+``token_sequences``             ``{"input_ids": int64 [B, T], "labels": int64 [B, T]}``
+``digits``                      ``(x float32 [B, 1, 8, 8] or [B, 64], y int64 [B])``
+==============================  =================================================================
+
+Note: ``gradoctor.data.digits`` is the *function* (this package rebinds the name over the
+submodule of the same name); the module itself stays importable as
+``gradoctor.data.digits`` through ``sys.modules`` / ``importlib.import_module``.
+"""
+
+from __future__ import annotations
+
+from .digits import digits
+from .synthetic import synthetic_classification, synthetic_regression, token_sequences
+
+__all__ = [
+    "digits",
+    "synthetic_classification",
+    "synthetic_regression",
+    "token_sequences",
+]

@@ -1,0 +1,119 @@
+"""Per-parameter gradient norms, clipping and update-to-weight ratios, on device.
+
+Cost per optimizer step: one ``torch._foreach_norm`` and one ``torch.stack`` per
+(device, dtype) group of gradients, no host sync (clipping adds the same work
+``clip_grad_norm_`` does, which it replaces). On log steps only: one extra copy of the
+parameters (for the update norm) and two more ``_foreach_norm`` calls.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+
+class ParamIndex:
+    """The trainable parameters, their names, their owning modules and their foreach groups.
+
+    ``owner[i]`` is the module that owns parameter ``i`` directly (non-decreasing: parameters
+    are listed module by module); a module's squared norm is the sum of its parameters'.
+    ``order`` is the parameter order of the concatenated group outputs (``[n_params]``).
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        self.params: list[torch.nn.Parameter] = []
+        self.names: list[str] = []
+        owner: list[int] = []
+        self.modules: list[str] = []
+        seen: set[int] = set()
+        for qname, module in model.named_modules():
+            own = [
+                (n, p)
+                for n, p in module.named_parameters(recurse=False)
+                if p.requires_grad and id(p) not in seen
+            ]
+            if not own:
+                continue
+            self.modules.append(qname or "(root)")
+            for n, p in own:
+                seen.add(id(p))
+                self.params.append(p)
+                self.names.append(f"{qname}.{n}" if qname else n)
+                owner.append(len(self.modules) - 1)
+        self.owner = np.asarray(owner, dtype=np.int64)
+        self._starts = (
+            np.flatnonzero(np.r_[True, self.owner[1:] != self.owner[:-1]])
+            if owner
+            else np.zeros(0, np.int64)
+        )
+        groups: dict[tuple[torch.device, torch.dtype], list[int]] = defaultdict(list)
+        for i, p in enumerate(self.params):
+            groups[(p.device, p.dtype)].append(i)
+        self.groups = list(groups.values())
+        self.order = np.asarray([i for idx in self.groups for i in idx], dtype=np.int64)
+        self.unpermute = np.argsort(self.order)
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def per_module(self, param_values: np.ndarray) -> np.ndarray:
+        """``[..., n_params]`` norms -> ``[..., n_modules]`` norms (root of summed squares).
+
+        A segment sum, not a matmul: ``inf * 0`` would leak NaN into other modules."""
+        squares = np.square(param_values.astype(np.float64))
+        with np.errstate(invalid="ignore", over="ignore"):
+            return np.sqrt(np.add.reduceat(squares, self._starts, axis=-1))
+
+
+class GradNormRecorder:
+    """Per-parameter norms of the (unscaled, accumulated) gradients as one device vector."""
+
+    def __init__(self, index: ParamIndex, device: torch.device):
+        self.index = index
+        self.device = device
+        self._group_params = [[index.params[i] for i in idx] for idx in index.groups]
+        self._zeros = [
+            torch.zeros((), device=ps[0].device, dtype=ps[0].dtype) for ps in self._group_params
+        ]
+        self._before: list[torch.Tensor] | None = None
+
+    def _grads(self, k: int) -> list[torch.Tensor]:
+        zero = self._zeros[k]
+        return [p.grad if p.grad is not None else zero for p in self._group_params[k]]
+
+    def record(self) -> torch.Tensor:
+        """``[n_params]`` float32 on the training device, in ``index.order``; a missing grad is 0."""
+        parts = [
+            torch.stack(torch._foreach_norm(self._grads(k))) for k in range(len(self._group_params))
+        ]
+        if len(parts) == 1:
+            return parts[0].float()
+        return torch.cat([p.to(self.device, torch.float32) for p in parts])
+
+    def clip(self, norms: torch.Tensor, max_norm: float) -> None:
+        """Scale every gradient by ``min(1, max_norm / (total + 1e-6))`` (clip_grad_norm_'s rule)."""
+        coef = (max_norm / (torch.linalg.vector_norm(norms) + 1e-6)).clamp(max=1.0)
+        for params in self._group_params:
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                torch._foreach_mul_(grads, coef.to(grads[0].device))
+
+    def before_update(self) -> None:
+        """Keep a copy of the parameters (log steps only: costs one parameter-sized buffer)."""
+        self._before = [p.detach().clone() for p in self.index.params]
+
+    def after_update(self) -> torch.Tensor | None:
+        """``[2, n_params]`` (||p_new - p_old||, ||p_new||) in ``index.order``, or None."""
+        if self._before is None:
+            return None
+        rows = []
+        for idx in self.index.groups:
+            new = [self.index.params[i].detach() for i in idx]
+            old = [self._before[i] for i in idx]
+            upd = torch.stack(torch._foreach_norm(torch._foreach_sub(new, old)))
+            par = torch.stack(torch._foreach_norm(new))
+            rows.append(torch.stack((upd, par)).to(self.device, torch.float32))
+        self._before = None
+        return torch.cat(rows, dim=1)

@@ -1,0 +1,70 @@
+"""The interval collector: per-step device statistics, copied to the host in one transfer.
+
+Each step appends 0-d/1-d device tensors it already has (no extra kernels); ``flush()``
+stacks them and makes the interval's only device->host copy (the one host sync).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class IntervalData:
+    """Host copy of one interval: ``loss``/``scale`` ``[n_steps]``, ``grad_norms``
+    ``[n_steps, n_params]`` (parameter order), ``update_norms``/``param_norms`` ``[n_params]``
+    for the interval's last step (zeros when not measured)."""
+
+    loss: np.ndarray
+    scale: np.ndarray
+    grad_norms: np.ndarray
+    update_norms: np.ndarray
+    param_norms: np.ndarray
+
+
+class IntervalCollector:
+    def __init__(self, n_params: int, unpermute: np.ndarray, device: torch.device):
+        self.n_params = n_params
+        self.unpermute = unpermute
+        self.device = device
+        self.loss: list[torch.Tensor] = []
+        self.scale: list[torch.Tensor] = []
+        self.norms: list[torch.Tensor] = []
+        self.update: torch.Tensor | None = None
+
+    @property
+    def used(self) -> int:
+        return len(self.loss)
+
+    def append(self, loss: torch.Tensor, scale: torch.Tensor | None, norms: torch.Tensor) -> None:
+        """``loss`` 0-d, ``scale`` 0-d or None (no scaler), ``norms`` ``[n_params]`` float32."""
+        self.loss.append(loss)
+        if scale is not None:
+            self.scale.append(scale)
+        self.norms.append(norms)
+
+    def flush(self) -> IntervalData:
+        """One device->host transfer for the whole interval (syncs), then reset."""
+        n = self.used
+        parts = [torch.stack(self.loss).float().reshape(-1), torch.stack(self.norms).reshape(-1)]
+        if self.scale:
+            parts.append(torch.stack(self.scale).float().reshape(-1))
+        if self.update is not None:
+            parts.append(self.update.reshape(-1))
+        host = torch.cat([p.to(self.device) for p in parts]).cpu().numpy().astype(np.float64)
+        p = self.n_params
+        loss, rest = host[:n], host[n:]
+        norms, rest = rest[: n * p].reshape(n, p)[:, self.unpermute], rest[n * p :]
+        if self.scale:
+            scale, rest = rest[:n], rest[n:]
+        else:
+            scale = np.ones(n)
+        if self.update is not None:
+            upd = rest.reshape(2, p)[:, self.unpermute]
+        else:
+            upd = np.zeros((2, p))
+        self.loss, self.scale, self.norms, self.update = [], [], [], None
+        return IntervalData(loss, scale, norms, upd[0], upd[1])

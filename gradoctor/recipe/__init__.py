@@ -1,0 +1,80 @@
+"""Recipes: load a YAML file, apply overrides, validate everything at once."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from gradoctor.recipe.load import apply_overrides, read_yaml
+from gradoctor.recipe.schema import (
+    ComponentSpec,
+    DiagnosticsConfig,
+    GradScalerConfig,
+    OutputConfig,
+    Recipe,
+    TrainConfig,
+)
+from gradoctor.recipe.validate import build_recipe
+
+__all__ = [
+    "ComponentSpec",
+    "DiagnosticsConfig",
+    "GradScalerConfig",
+    "OutputConfig",
+    "Recipe",
+    "TrainConfig",
+    "load_recipe",
+]
+
+
+def _nested_to_dotted(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"steps": 5}, "train__seed": 1}`` -> ``{"train.steps": 5, "train.seed": 1}``."""
+    flat: dict[str, Any] = {}
+    for key, value in overrides.items():
+        key = prefix + key.replace("__", ".")
+        if isinstance(value, dict) and "_component_" not in value:
+            flat.update(_nested_to_dotted(value, key + "."))
+        else:
+            flat[key] = value
+    return flat
+
+
+def load_recipe(
+    recipe: str | Path | dict[str, Any] | Recipe,
+    overrides: list[str] | dict[str, Any] | None = None,
+    *,
+    resolve: bool = True,
+) -> Recipe:
+    """Load and validate a recipe.
+
+    ``recipe`` is a YAML path, an already-parsed mapping (paths then start at the working
+    directory), or a :class:`Recipe` (returned as is when there are no overrides).
+    ``overrides`` are CLI strings ``["train.steps=50"]`` or a mapping (nested, dotted, or with
+    ``__`` for dots). Raises :class:`~gradoctor.errors.RecipeError` listing every problem.
+    """
+    if isinstance(recipe, Recipe):
+        if not overrides:
+            return recipe
+        data, lines, source = copy.deepcopy(recipe.raw), {}, None
+        base_dir, name = recipe.base_dir, recipe.name
+    elif isinstance(recipe, dict):
+        data, lines, source = copy.deepcopy(recipe), {}, None
+        base_dir, name = Path.cwd(), "recipe"
+    else:
+        path = Path(recipe)
+        data, lines = read_yaml(path)
+        base_dir, name, source = path.resolve().parent, path.stem, str(path)
+    if isinstance(overrides, dict):
+        overrides = _nested_to_dotted(overrides)
+    problems, overridden = apply_overrides(data, overrides or [])
+    return build_recipe(
+        data,
+        lines=lines,
+        name=name,
+        base_dir=base_dir,
+        source=source,
+        resolve=resolve,
+        extra_problems=problems,
+        overridden=overridden,
+    )

@@ -1,0 +1,77 @@
+"""Build the user's model, data, loss, optimizer and scheduler from a recipe's components."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gradoctor.errors import RecipeError, RecipeProblem, UserCodeError
+from gradoctor.recipe.components import ResolveError, call_user, resolve_target
+from gradoctor.recipe.schema import ComponentSpec, Recipe
+
+
+@dataclass
+class Components:
+    model: torch.nn.Module
+    data: Any
+    loss_fn: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+
+
+def _resolve(spec: ComponentSpec, recipe: Recipe) -> Any:
+    try:
+        return resolve_target(spec.target, recipe.base_dir)
+    except ResolveError as exc:
+        message = f"cannot resolve '{spec.target}': {exc.message}"
+        if exc.user_traceback:
+            message += "\n" + exc.user_traceback.rstrip()
+        raise RecipeError(
+            [RecipeProblem(f"{spec.key}._component_", message, hint=exc.hint)]
+        ) from exc
+
+
+def build_components(recipe: Recipe, device: torch.device) -> Components:
+    """Construct everything in a fixed order (model first, so seeded init is reproducible)."""
+    model = call_user(
+        _resolve(recipe.model, recipe), what=f"model '{recipe.model.target}'", **recipe.model.kwargs
+    )
+    if not isinstance(model, torch.nn.Module):
+        raise UserCodeError(
+            f"model '{recipe.model.target}' returned a {type(model).__name__}, not a torch.nn.Module",
+            hint="model._component_ must name an nn.Module class or a function returning one",
+        )
+    model.to(device)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UserCodeError(
+            "the model has no trainable parameters", hint="check requires_grad on your parameters"
+        )
+    data = call_user(
+        _resolve(recipe.data, recipe), what=f"data '{recipe.data.target}'", **recipe.data.kwargs
+    )
+    loss_fn = None
+    if recipe.loss is not None:
+        loss_fn = call_user(
+            _resolve(recipe.loss, recipe), what=f"loss '{recipe.loss.target}'", **recipe.loss.kwargs
+        )
+        if isinstance(loss_fn, torch.nn.Module):
+            loss_fn.to(device)
+    optimizer = call_user(
+        _resolve(recipe.optimizer, recipe),
+        [p for p in model.parameters() if p.requires_grad],
+        what=f"optimizer '{recipe.optimizer.target}'",
+        **recipe.optimizer.kwargs,
+    )
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise UserCodeError(f"optimizer '{recipe.optimizer.target}' is not a torch.optim.Optimizer")
+    scheduler = None
+    if recipe.scheduler is not None:
+        scheduler = call_user(
+            _resolve(recipe.scheduler, recipe),
+            optimizer,
+            what=f"scheduler '{recipe.scheduler.target}'",
+            **recipe.scheduler.kwargs,
+        )
+    return Components(model, data, loss_fn, optimizer, scheduler)

@@ -1,0 +1,108 @@
+"""Host-side history of a run: per-step scalars and per-module norms, and their summaries."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+def clean(value: Any) -> Any:
+    """JSON-safe: non-finite floats become the strings 'nan', 'inf', '-inf'."""
+    if isinstance(value, float | np.floating):
+        value = float(value)
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, dict):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+@dataclass
+class History:
+    """Everything the report needs, appended once per log interval (host memory only)."""
+
+    modules: list[str]
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    loss_scale: list[float] = field(default_factory=list)
+    grad_norm_total: list[float] = field(default_factory=list)
+    skipped_steps: list[int] = field(default_factory=list)
+    overflow: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # per skipped step: params with non-finite grads
+    module_norms: list[list[float]] = field(default_factory=list)  # [step][module]
+    update_ratio: dict[str, list[float]] = field(
+        default_factory=dict
+    )  # module -> ratios at log steps
+    update_ratio_steps: list[int] = field(default_factory=list)
+    step_time_s: list[float] = field(default_factory=list)  # per interval mean
+    samples_per_s: list[float] = field(default_factory=list)
+    step_time_steps: list[int] = field(default_factory=list)
+
+    def grad_norm_summary(self) -> dict[str, dict[str, Any]]:
+        """Per module: last, max and median gradient norm over the steps that were not skipped."""
+        if not self.module_norms:
+            return {}
+        norms = np.asarray(self.module_norms, dtype=np.float64)
+        keep = np.asarray([s not in set(self.skipped_steps) for s in self.steps])
+        out = {}
+        for j, name in enumerate(self.modules):
+            col = norms[keep, j] if keep.any() else norms[:, j]
+            finite = col[np.isfinite(col)]
+            out[name] = {
+                "last": float(norms[-1, j]),
+                "max": float(finite.max()) if finite.size else float("nan"),
+                "median": float(np.median(finite)) if finite.size else float("nan"),
+                "nonfinite_steps": int((~np.isfinite(norms[:, j])).sum()),
+            }
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.steps,
+            "loss": self.loss,
+            "lr": self.lr,
+            "loss_scale": self.loss_scale,
+            "grad_norm_total": self.grad_norm_total,
+            "module_names": self.modules,
+            "module_grad_norms": self.module_norms,
+            "update_ratio_steps": self.update_ratio_steps,
+            "update_ratio": self.update_ratio,
+            "step_time_s": self.step_time_s,
+            "samples_per_s": self.samples_per_s,
+            "step_time_steps": self.step_time_steps,
+            "skipped_steps": self.skipped_steps,
+            "overflow": self.overflow,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> History:
+        h = cls(modules=list(data["module_names"]))
+        for key, attr in (
+            ("step", "steps"),
+            ("loss", "loss"),
+            ("lr", "lr"),
+            ("loss_scale", "loss_scale"),
+            ("grad_norm_total", "grad_norm_total"),
+            ("module_grad_norms", "module_norms"),
+            ("update_ratio_steps", "update_ratio_steps"),
+            ("update_ratio", "update_ratio"),
+            ("step_time_s", "step_time_s"),
+            ("samples_per_s", "samples_per_s"),
+            ("step_time_steps", "step_time_steps"),
+            ("skipped_steps", "skipped_steps"),
+            ("overflow", "overflow"),
+        ):
+            setattr(h, attr, data[key])
+        return h

@@ -1,0 +1,456 @@
+"""The instrumented training loop.
+
+Reads top to bottom: ``Trainer(recipe)`` builds everything, ``step()`` runs one optimizer
+step, ``run()`` loops, flushes the instruments once per log interval and always finishes with
+the report written, the events flushed and (unless the run failed) a checkpoint saved.
+
+Host<->device syncs: one per log interval (``IntervalCollector.flush``), one per histogram
+interval, and the one ``GradScaler.step`` makes itself under fp16. Nothing per layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+import gradoctor
+from gradoctor.errors import GradoctorError, OutOfMemory, TrainingInterrupted, UserCodeError
+from gradoctor.monitors.grad_norms import GradNormRecorder, ParamIndex
+from gradoctor.monitors.histograms import GradHistograms
+from gradoctor.monitors.interval import IntervalCollector, IntervalData
+from gradoctor.monitors.memory import MemoryMonitor
+from gradoctor.recipe.components import user_frames
+from gradoctor.recipe.schema import Recipe
+from gradoctor.report.base import Reporter
+from gradoctor.result import TrainResult
+from gradoctor.sinks.report_json import write_json_atomic
+from gradoctor.sinks.tensorboard import TensorBoardSink
+from gradoctor.train.activation_checkpointing import apply_checkpointing
+from gradoctor.train.batches import batch_size, compute_loss, to_device
+from gradoctor.train.build import build_components
+from gradoctor.train.checkpoint_io import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from gradoctor.train.data_stream import DataStream
+from gradoctor.train.environment import (
+    capture_rng,
+    deterministic_mode,
+    pick_device,
+    restore_rng,
+    seed_everything,
+)
+from gradoctor.train.history import History
+from gradoctor.train.precision import autocast, make_scaler, scale_tensor
+
+
+class Trainer:
+    """One run of a recipe. ``resume`` is a run folder (or checkpoint file) to continue from."""
+
+    def __init__(
+        self, recipe: Recipe, *, reporter: Reporter | None = None, resume: Path | None = None
+    ):
+        self.recipe = recipe
+        self.reporter = reporter or Reporter()
+        self.out_dir = recipe.output_dir()
+        self.device = pick_device(recipe.train.device)
+        self.every = recipe.diagnostics.every
+        seed_everything(recipe.train.seed)
+        parts = build_components(recipe, self.device)
+        self.model, self.optimizer, self.scheduler, self.loss_fn = (
+            parts.model,
+            parts.optimizer,
+            parts.scheduler,
+            parts.loss_fn,
+        )
+        self.data = DataStream(parts.data)
+        self._undo_checkpointing = apply_checkpointing(self.model, recipe.train.checkpoint)
+        self.scaler = make_scaler(recipe.precision, self.device, recipe.grad_scaler)
+        self.index = ParamIndex(self.model)
+        self.norms = GradNormRecorder(self.index, self.device)
+        self.buffer = IntervalCollector(len(self.index), self.index.unpermute, self.device)
+        self.memory = MemoryMonitor(self.device, self.index.params)
+        self.histograms = (
+            GradHistograms(self.index, recipe.diagnostics.histogram_samples)
+            if recipe.diagnostics.histogram_every
+            else None
+        )
+        self.history = History(self.index.modules)
+        self.step_count = 0  # optimizer steps completed (including those of a resumed run)
+        self.start_step = 0
+        self._stepped = False
+        self._hook = self.optimizer.register_step_post_hook(self._on_optimizer_step)
+        # Fused optimizers take the scaler's found_inf and always "step"; read it instead.
+        self._fused_amp = (
+            bool(getattr(self.optimizer, "_step_supports_amp_scaling", False))
+            and self.scaler.is_enabled()
+        )
+        self._pending: dict[str, list[Any]] = {"lr": [], "skipped": [], "samples": []}
+        self._interval_start = time.perf_counter()
+        self._stop_requested = False
+        self._mid_step = False
+        if resume is not None:
+            self._restore(load_checkpoint(resume))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.start_step == 0:  # a fresh run replaces the events of an earlier run in this folder
+            for old in self.out_dir.glob("events.out.tfevents.*"):
+                old.unlink()
+        self.tb = TensorBoardSink(self.out_dir, enabled=recipe.output.tensorboard)
+
+    # ---- one optimizer step -------------------------------------------------------------
+    def _on_optimizer_step(self, *_: Any) -> None:
+        self._stepped = True
+
+    def step(self) -> None:
+        """One optimizer step over ``accum_steps`` micro-batches, instruments included."""
+        step = self.step_count + 1
+        cfg = self.recipe.train
+        self._mid_step = True
+        log_step = step % self.every == 0 or step == cfg.steps
+        sampled = self._memory_step(step)
+        loss_sum: torch.Tensor | None = None
+        samples = 0
+        for _ in range(cfg.accum_steps):
+            batch = to_device(self.data.next(), self.device)
+            samples += batch_size(batch)
+            with self.memory.phase("forward", sampled), self.memory.saved_tensors(sampled):
+                with autocast(self.recipe.precision, self.device):
+                    loss = compute_loss(self.model, batch, self.loss_fn)
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+            with self.memory.phase("backward", sampled):
+                self.scaler.scale(
+                    loss / cfg.accum_steps if cfg.accum_steps > 1 else loss
+                ).backward()
+        with self.memory.phase("optimizer", sampled):
+            self.scaler.unscale_(self.optimizer)  # gradients are unscaled from here on
+            norms = self.norms.record()
+            if cfg.clip_grad_norm is not None:
+                self.norms.clip(norms, cfg.clip_grad_norm)
+            self._maybe_histograms(step)
+            if log_step:
+                self.norms.before_update()
+            lr = float(self.optimizer.param_groups[0]["lr"])
+            self._stepped = False
+            self.scaler.step(self.optimizer)
+            skipped = self._was_skipped()
+            self.scaler.update()
+            if log_step:
+                self.buffer.update = self.norms.after_update()
+            if sampled:
+                self.memory.end_sampled_step(self.optimizer)
+            self.optimizer.zero_grad(set_to_none=True)
+        if cfg.accum_steps > 1:
+            loss_sum = loss_sum / cfg.accum_steps
+        scale = scale_tensor(self.scaler, self.device).clone() if self.scaler.is_enabled() else None
+        self.buffer.append(loss_sum, scale, norms)
+        if self.scheduler is not None and not skipped:
+            self.scheduler.step()  # never on a step the loss scaler skipped
+        self._pending["lr"].append(lr)
+        self._pending["skipped"].append(skipped)
+        self._pending["samples"].append(samples)
+        self.step_count = step
+        self._mid_step = False
+
+    def _memory_step(self, step: int) -> bool:
+        """Memory is measured on the run's first two steps (optimizer state appears at the
+        first) and every ``diagnostics.memory_every`` steps: peaks are steady after that."""
+        every = self.recipe.diagnostics.memory_every
+        return step - self.start_step <= 2 or (every > 0 and step % every == 0)
+
+    def _was_skipped(self) -> bool:
+        if not self.scaler.is_enabled():
+            return False
+        if self._fused_amp:  # one extra sync per step, only for fused optimizers under fp16
+            state = self.scaler._per_optimizer_states[id(self.optimizer)]
+            return bool(sum(v.item() for v in state["found_inf_per_device"].values()))
+        return not self._stepped
+
+    def _maybe_histograms(self, step: int) -> None:
+        every = self.recipe.diagnostics.histogram_every
+        if self.histograms is None or step % every:
+            return
+        for module, (values, nonfinite) in self.histograms.sample().items():
+            self.tb.histogram(f"grad_hist/{module}", values, step)
+            if nonfinite:
+                self.tb.scalar(f"grad_hist_nonfinite/{module}", nonfinite, step)
+
+    # ---- once per log interval ----------------------------------------------------------
+    def flush(self) -> None:
+        """Copy the interval's statistics to the host (the one sync) and write them out."""
+        n = self.buffer.used
+        if n == 0:
+            return
+        data = self.buffer.flush()
+        now = time.perf_counter()
+        step_s = (now - self._interval_start) / n
+        self._interval_start = now
+        first = self.step_count - n + 1
+        steps = list(range(first, self.step_count + 1))
+        self._record(steps, data, step_s)
+        self._write_events(steps, data, step_s)
+        self.tb.flush()
+        self.reporter.on_log(
+            self.step_count,
+            {
+                "loss": float(data.loss[-1]),
+                "loss_scale": float(data.scale[-1]) if self.scaler.is_enabled() else None,
+                "step_s": step_s,
+                "samples_per_s": self.history.samples_per_s[-1],
+            },
+        )
+        for key in self._pending:
+            self._pending[key].clear()
+
+    def _record(self, steps: list[int], data: IntervalData, step_s: float) -> None:
+        h = self.history
+        module_norms = self.index.per_module(data.grad_norms)
+        h.steps += steps
+        h.loss += data.loss.tolist()
+        h.lr += self._pending["lr"]
+        h.loss_scale += data.scale.tolist()
+        h.grad_norm_total += np.sqrt(
+            np.square(data.grad_norms.astype(np.float64)).sum(axis=1)
+        ).tolist()
+        h.module_norms += module_norms.tolist()
+        for i, (step, skipped) in enumerate(zip(steps, self._pending["skipped"])):
+            if skipped:
+                bad = [
+                    self.index.names[j] for j in np.flatnonzero(~np.isfinite(data.grad_norms[i]))
+                ]
+                h.skipped_steps.append(step)
+                h.overflow.append(
+                    {
+                        "step": step,
+                        "scale_after": float(data.scale[i]),
+                        "params": bad[:20],
+                        "n_params": len(bad),
+                    }
+                )
+        if data.param_norms.any():  # the interval's last step measured its update
+            upd = self.index.per_module(data.update_norms[None])[0]
+            par = self.index.per_module(data.param_norms[None])[0]
+            h.update_ratio_steps.append(steps[-1])
+            for name, u, p in zip(self.index.modules, upd, par):
+                h.update_ratio.setdefault(name, []).append(float(u / p) if p > 0 else 0.0)
+        h.step_time_s.append(step_s)
+        h.samples_per_s.append(
+            sum(self._pending["samples"]) / (step_s * len(steps)) if step_s > 0 else 0.0
+        )
+        h.step_time_steps.append(steps[-1])
+
+    def _write_events(self, steps: list[int], data: IntervalData, step_s: float) -> None:
+        """One TensorBoard event per step (all its scalars together): cheap enough per interval."""
+        h, n, fp16 = self.history, len(steps), self.scaler.is_enabled()
+        for i, step in enumerate(steps):
+            values = {
+                "loss": data.loss[i],
+                "lr": h.lr[-n + i],
+                "grad_norm/total": h.grad_norm_total[-n + i],
+            }
+            if fp16:
+                values["loss_scale"] = data.scale[i]
+            if i == n - 1:
+                values.update(
+                    {f"grad_norm/{m}": v for m, v in zip(self.index.modules, h.module_norms[-1])}
+                )
+                if h.update_ratio_steps and h.update_ratio_steps[-1] == step:
+                    values.update({f"update_ratio/{m}": r[-1] for m, r in h.update_ratio.items()})
+                values["time/step_s"] = step_s
+                values["throughput/samples_per_s"] = h.samples_per_s[-1]
+                if self.memory.updated:
+                    self.memory.updated = False
+                    values.update(
+                        {
+                            f"memory/{k}": v
+                            for k, v in self.memory.summary().items()
+                            if isinstance(v, int) and k != "device_total"
+                        }
+                    )
+            self.tb.scalars(values, step)
+
+    # ---- the run ------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        """Train to ``train.steps``; always writes the report. Raises GradoctorError subclasses
+        (with ``.result`` attached) for a failed or interrupted run."""
+        t0 = time.perf_counter()
+        status, raised = "completed", None
+        self._prepare_output()
+        try:
+            with (
+                deterministic_mode(self.recipe.train.deterministic),
+                self._sigint_as_stop_request(),
+            ):
+                self.reporter.on_start(self._info())
+                self._interval_start = time.perf_counter()
+                while self.step_count < self.recipe.train.steps:
+                    if self._stop_requested:
+                        raise KeyboardInterrupt
+                    self.step()
+                    self.reporter.on_step(self.step_count)
+                    if self.buffer.used >= self.every or self.step_count == self.recipe.train.steps:
+                        self.flush()
+                    every = self.recipe.train.checkpoint_every
+                    if every and self.step_count % every == 0:
+                        self.save()
+        except KeyboardInterrupt:
+            status, raised = (
+                "interrupted",
+                TrainingInterrupted(
+                    f"interrupted at step {self.step_count}; checkpoint and report saved in {self.out_dir}",
+                    hint=f"continue with --resume {self.out_dir}",
+                ),
+            )
+        except torch.OutOfMemoryError as exc:
+            status, raised = (
+                "failed",
+                OutOfMemory(
+                    f"out of memory at step {self.step_count + 1}: {str(exc).splitlines()[0]}",
+                    hint="lower data.batch_size, use precision: bf16, or checkpoint activations (train.checkpoint)",
+                ),
+            )
+        except GradoctorError as exc:
+            status, raised = "failed", exc
+        except Exception as exc:
+            raised = UserCodeError(
+                f"training step {self.step_count + 1} raised {type(exc).__name__}: {exc}",
+                user_traceback=user_frames(exc),
+            )
+            status = "failed"
+        finally:
+            result = self._finish(status, raised, time.perf_counter() - t0)
+        if raised is not None:
+            raised.result = result  # type: ignore[attr-defined]
+            raise raised
+        return result
+
+    def _finish(self, status: str, raised: BaseException | None, duration: float) -> TrainResult:
+        """Flush, checkpoint (unless failed mid-step), write the report; leave nothing behind."""
+        with contextlib.suppress(Exception):
+            self.flush()
+        if status == "completed" or (status == "interrupted" and not self._mid_step):
+            self.save()  # never a checkpoint of a half-done step
+        self._undo_checkpointing()
+        self._hook.remove()
+        result = self.result(
+            status, str(raised) if raised and status == "failed" else None, duration
+        )
+        write_json_atomic(self.out_dir / "report.json", result.to_dict())
+        self.tb.close()
+        self.reporter.on_end(result)
+        return result
+
+    def result(
+        self, status: str = "completed", error: str | None = None, duration: float = 0.0
+    ) -> TrainResult:
+        h = self.history
+        totals = [
+            v
+            for v, s in zip(h.grad_norm_total, h.steps)
+            if s not in set(h.skipped_steps) and math.isfinite(v)
+        ]
+        mean_step = float(np.mean(h.step_time_s[1:] or h.step_time_s)) if h.step_time_s else None
+        return TrainResult(
+            steps_completed=self.step_count,
+            final_loss=h.loss[-1] if h.loss else None,
+            skipped_steps=list(h.skipped_steps),
+            loss_scale=h.loss_scale[-1] if h.loss_scale and self.scaler.is_enabled() else None,
+            grad_norms=h.grad_norm_summary(),
+            memory=self.memory.summary(),
+            diagnoses=[],
+            recipe=self.recipe.to_dict(),
+            device=str(self.device),
+            precision=self.recipe.precision,
+            duration_s=duration,
+            status=status,
+            error=error,
+            output_dir=str(self.out_dir),
+            start_step=self.start_step,
+            grad_norm_total={
+                "last": h.grad_norm_total[-1] if h.grad_norm_total else None,
+                "max": max(totals) if totals else None,
+                "median": float(np.median(totals)) if totals else None,
+            },
+            update_ratios={k: v[-1] for k, v in h.update_ratio.items()},
+            overflow=list(h.overflow),
+            throughput={
+                "step_s": mean_step,
+                "samples_per_s": float(np.mean(h.samples_per_s[1:] or h.samples_per_s))
+                if h.samples_per_s
+                else None,
+            },
+            history=h.to_dict(),
+            versions={"gradoctor": gradoctor.__version__, "torch": torch.__version__},
+            model=self.model,
+        )
+
+    # ---- checkpoints --------------------------------------------------------------------
+    def save(self) -> None:
+        """Write a resumable checkpoint atomically (model, optimizer, scaler, scheduler, RNG, data position)."""
+        state = {
+            "format": 1,
+            "step": self.step_count,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "rng": capture_rng(),
+            "data": self.data.state(),
+            "history": self.history.to_dict(),
+        }
+        save_checkpoint(self.out_dir / CHECKPOINT_NAME, state)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.data.restore(state["data"])
+        restore_rng(state["rng"])
+        self.step_count = self.start_step = int(state["step"])
+        self.history = History.from_dict(state["history"])
+
+    # ---- helpers ------------------------------------------------------------------------
+    def _prepare_output(self) -> None:
+        (self.out_dir / "recipe.yaml").write_text(
+            yaml.safe_dump(self.recipe.to_dict(), sort_keys=False)
+        )
+
+    def _info(self) -> dict[str, Any]:
+        return {
+            "steps": self.recipe.train.steps,
+            "start_step": self.start_step,
+            "device": str(self.device),
+            "precision": self.recipe.precision,
+            "output_dir": str(self.out_dir),
+            "recipe": self.recipe.name,
+        }
+
+    @contextlib.contextmanager
+    def _sigint_as_stop_request(self) -> Iterator[None]:
+        """First Ctrl-C: stop at the next step boundary (consistent checkpoint). Second: now."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+__all__ = ["Trainer"]

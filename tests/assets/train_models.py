@@ -1,0 +1,123 @@
+"""Small models and data for the training-loop tests (loaded by file path from recipes)."""
+
+import torch
+from torch import nn
+
+
+class Tiny(nn.Module):
+    """Linear(8, 16) -> ReLU -> Dropout(p) -> Linear(16, 3)."""
+
+    def __init__(self, dropout: float = 0.0, hidden: int = 16):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.head = nn.Linear(hidden, 3)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+class Block(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x):
+        return x + torch.tanh(self.fc(self.norm(x)))
+
+
+class Deep(nn.Module):
+    """An input layer, ``depth`` residual Blocks, and a head: for checkpointing tests."""
+
+    def __init__(self, depth: int = 3, width: int = 8):
+        super().__init__()
+        self.inp = nn.Linear(8, width)
+        self.blocks = nn.ModuleList(Block(width) for _ in range(depth))
+        self.out = nn.Linear(width, 3)
+
+    def forward(self, x):
+        x = self.inp(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.out(x)
+
+
+class _InfGradAt(torch.autograd.Function):
+    """Identity forward; backward returns inf gradients on chosen calls (counts backward calls)."""
+
+    @staticmethod
+    def forward(ctx, x, owner):
+        ctx.owner = owner
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        owner = ctx.owner
+        owner.calls += 1
+        if owner.calls in owner.bad_calls:
+            return torch.full_like(grad, float("inf")), None
+        return grad, None
+
+
+class OverflowAt(nn.Module):
+    """Tiny, but the gradient reaching ``head`` (and everything before it) is inf on the
+    backward calls listed in ``bad_calls`` (1-based): a controlled fp16 overflow."""
+
+    def __init__(self, bad_calls=(3,)):
+        super().__init__()
+        self.body = nn.Linear(8, 16)
+        self.head = nn.Linear(16, 3)
+        self.calls = 0
+        self.bad_calls = set(bad_calls)
+
+    def forward(self, x):
+        h = _InfGradAt.apply(torch.relu(self.body(x)), self)
+        return self.head(h)
+
+
+class DictModel(nn.Module):
+    """Takes ``model(**batch)`` and returns an object with ``.loss``."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 3)
+
+    def forward(self, x, y):
+        class Out:
+            pass
+
+        out = Out()
+        out.loss = nn.functional.cross_entropy(self.lin(x), y)
+        return out
+
+
+def fixed_data(batch_size: int = 8, n: int = 64, shuffle: bool = False, as_dict: bool = False):
+    """A fixed data set (local generator): x [n, 8] float32, y [n] int64 in 0..2."""
+    g = torch.Generator().manual_seed(1234)
+    x = torch.randn(n, 8, generator=g)
+    y = (x[:, :3].sum(1) > 0).long() + (x[:, 3] > 1).long()
+    ds = torch.utils.data.TensorDataset(x, y)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=shuffle)
+    if as_dict:
+        return [{"x": bx, "y": by} for bx, by in loader]
+    return loader
+
+
+class InterruptingData:
+    """``fixed_data`` that sends SIGINT to this process when batch number ``at_batch`` (1-based,
+    counted over the whole run) is fetched — a Ctrl-C in the middle of a step."""
+
+    def __init__(self, at_batch: int = 7, batch_size: int = 8):
+        self.loader = fixed_data(batch_size=batch_size, shuffle=True)
+        self.at_batch = at_batch
+        self.count = 0
+
+    def __iter__(self):
+        import os
+        import signal
+
+        for batch in self.loader:
+            self.count += 1
+            if self.count == self.at_batch:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch

@@ -1,0 +1,43 @@
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+ASSETS = Path(__file__).parent / "assets"
+MODELS = ASSETS / "train_models.py"
+
+
+def base_recipe(out_dir: Path, **changes) -> dict:
+    """A dict recipe over tests/assets/train_models.py; ``changes`` are dotted-key overrides."""
+    recipe = {
+        "model": {"_component_": f"{MODELS}:Tiny"},
+        "data": {"_component_": f"{MODELS}:fixed_data", "batch_size": 8},
+        "loss": {"_component_": "torch.nn.CrossEntropyLoss"},
+        "optimizer": {"_component_": "torch.optim.AdamW", "lr": 1e-2},
+        "precision": "fp32",
+        "train": {"steps": 10, "seed": 0, "device": "cpu"},
+        "diagnostics": {"every": 5, "histogram_every": 0},
+        "output": {"dir": str(out_dir)},
+    }
+    recipe = copy.deepcopy(recipe)
+    for key, value in changes.items():
+        node = recipe
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return recipe
+
+
+@pytest.fixture
+def recipe_factory(tmp_path):
+    counter = iter(range(1000))
+
+    def make(**changes):
+        return base_recipe(tmp_path / f"run{next(counter)}", **changes)
+
+    return make
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
