@@ -6,6 +6,8 @@ Python API (the CLI calls these):
 - ``gradoctor.validate(recipe) -> Recipe``
 - ``gradoctor.load_recipe(recipe, overrides) -> Recipe``
 - ``gradoctor.load_report(run_dir) -> TrainResult``
+- ``gradoctor.memory_profile(recipe, ...) -> MemoryProfile``
+- ``gradoctor.check_grads(fn_or_module, inputs) -> CaseResult`` (and ``assert_grads_correct``)
 """
 
 __version__ = "0.1.0"
@@ -20,10 +22,13 @@ from gradoctor.errors import (  # noqa: E402
     UsageError,
     UserCodeError,
 )
+from gradoctor.gradcheck import Case, assert_grads_correct, check_grads  # noqa: E402
+from gradoctor.memory import memory_profile  # noqa: E402
 from gradoctor.recipe import Recipe, load_recipe  # noqa: E402
 from gradoctor.result import TrainResult  # noqa: E402
 
 __all__ = [
+    "Case",
     "GradoctorError",
     "OutOfMemory",
     "Recipe",
@@ -34,8 +39,11 @@ __all__ = [
     "UsageError",
     "UserCodeError",
     "__version__",
+    "assert_grads_correct",
+    "check_grads",
     "load_recipe",
     "load_report",
+    "memory_profile",
     "train",
     "validate",
 ]

@@ -1,12 +1,14 @@
 """The gradoctor command line: argument parsing and one call into the library per command.
 
-Exit codes (documented in the README): 0 success; 1 the run failed (your code raised);
-2 bad recipe or usage; 4 out of memory; 130 interrupted (Ctrl-C).
+Exit codes (documented in the README): 0 success; 1 the run failed (your code raised) or
+check-grads found a wrong gradient; 2 bad recipe or usage; 3 diagnoses at or above
+``--fail-on``; 4 out of memory; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import json
+from enum import Enum
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -32,6 +34,12 @@ def _run(call: Callable[[], T]) -> T:
         raise typer.Exit(exc.exit_code) from None
 
 
+class FailOn(str, Enum):
+    never = "never"
+    warning = "warning"
+    error = "error"
+
+
 Overrides = Annotated[
     list[str] | None,
     typer.Argument(
@@ -48,16 +56,24 @@ def train(
         Path | None, typer.Option(help="Continue from a run folder (or its checkpoint.pt).")
     ] = None,
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")
+        bool, typer.Option("--quiet", "-q", help="No progress bar or report.")
     ] = False,
+    fail_on: Annotated[
+        FailOn, typer.Option(help="Exit 3 when diagnoses at or above this severity exist (for CI).")
+    ] = FailOn.never,
 ) -> None:
     """Train a recipe with instruments; writes report.json, TensorBoard events and a checkpoint."""
     from gradoctor.api import train as train_api
+    from gradoctor.diagnose.types import at_or_above
     from gradoctor.report.base import Reporter
     from gradoctor.report.console import ConsoleReporter
 
     reporter = Reporter() if quiet else ConsoleReporter()
-    _run(lambda: train_api(recipe, resume=resume, reporter=reporter, cli_overrides=overrides or []))
+    result = _run(
+        lambda: train_api(recipe, resume=resume, reporter=reporter, cli_overrides=overrides or [])
+    )
+    if at_or_above(result.diagnoses, fail_on.value):
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -89,6 +105,78 @@ def report(
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:
         render_summary(result, Console())
+
+
+@app.command("check-grads")
+def check_grads(
+    layer_file: Annotated[Path, typer.Argument(help="Python file with the layers to check.")],
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write per-case, per-check results here.")
+    ] = None,
+    case: Annotated[
+        list[str] | None, typer.Option("--case", help="Only this case (repeatable).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for example inputs and probes.")] = 0,
+    fast: Annotated[
+        bool, typer.Option("--fast", help="Probes instead of full Jacobians; one probe each.")
+    ] = False,
+) -> None:
+    """Check a custom layer's gradients: first and second order, contexts, ranges, precision."""
+    from gradoctor.gradcheck.api import check_file
+    from gradoctor.report.gradcheck_console import render_report
+
+    report = _run(lambda: check_file(layer_file, cases=case, seed=seed, fast=fast))
+    render_report(report, Console())
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report.to_dict(), indent=2, default=str))
+    if not report.passed:
+        raise typer.Exit(1)
+
+
+@app.command("memory-profile")
+def memory_profile(
+    recipe: Annotated[
+        Path | None, typer.Argument(help="The YAML recipe (default ./recipe.yaml).")
+    ] = None,
+    batch_sizes: Annotated[
+        str | None,
+        typer.Option(help="What-if micro-batch sizes, e.g. 8,16,32 (default: 0.5x, 1x, 2x)."),
+    ] = None,
+    budget: Annotated[
+        str | None,
+        typer.Option(help="Memory to plan for, e.g. 10GiB or 512MB (default: the GPU's)."),
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the profile as JSON here.")
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Steady-state steps measured (max taken).")] = 1,
+    check: Annotated[
+        bool, typer.Option(help="Run each what-if configuration once: predicted vs measured.")
+    ] = True,
+    snapshot: Annotated[
+        Path | None,
+        typer.Option(help="CUDA: write a memory snapshot of one step (pytorch.org/memory_viz)."),
+    ] = None,
+) -> None:
+    """Where a recipe's training memory goes, what-ifs, and a checkpoint plan that fits."""
+    from gradoctor.memory.api import memory_profile as profile_api
+    from gradoctor.report.memory_console import render_memory_profile
+
+    result = _run(
+        lambda: profile_api(
+            recipe,
+            batch_sizes=batch_sizes,
+            budget=budget,
+            steps=steps,
+            check=check,
+            snapshot=snapshot,
+        )
+    )
+    render_memory_profile(result, Console())
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result.to_dict(), indent=2, default=str))
 
 
 def main() -> Any:

@@ -29,13 +29,16 @@ class TrainResult:
     device: str
     precision: str
     duration_s: float
-    status: str = "completed"  # completed | interrupted | failed
+    status: str = (
+        "completed"  # completed | stopped (non-finite, on_nonfinite: stop) | interrupted | failed
+    )
     error: str | None = None
     output_dir: str | None = None
     start_step: int = 0  # > 0 for a resumed run
     grad_norm_total: dict[str, Any] = field(default_factory=dict)
     update_ratios: dict[str, float] = field(default_factory=dict)  # per module, last log step
     overflow: list[dict[str, Any]] = field(default_factory=list)  # per skipped step: scale, params
+    nonfinite: list[dict[str, Any]] = field(default_factory=list)  # replays of bad steps
     throughput: dict[str, Any] = field(default_factory=dict)
     history: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)

@@ -92,6 +92,14 @@ class GradNormRecorder:
             return parts[0].float()
         return torch.cat([p.to(self.device, torch.float32) for p in parts])
 
+    def record_absmax(self) -> torch.Tensor:
+        """``[n_params]`` max |grad| (float32, ``index.order``): one more ``_foreach_norm``."""
+        parts = [
+            torch.stack(torch._foreach_norm(self._grads(k), float("inf")))
+            for k in range(len(self._group_params))
+        ]
+        return torch.cat([p.to(self.device, torch.float32) for p in parts])
+
     def clip(self, norms: torch.Tensor, max_norm: float) -> None:
         """Scale every gradient by ``min(1, max_norm / (total + 1e-6))`` (clip_grad_norm_'s rule)."""
         coef = (max_norm / (torch.linalg.vector_norm(norms) + 1e-6)).clamp(max=1.0)

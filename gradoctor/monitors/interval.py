@@ -46,6 +46,10 @@ class IntervalCollector:
             self.scale.append(scale)
         self.norms.append(norms)
 
+    def reset(self) -> None:
+        """Drop what was appended since the last flush."""
+        self.loss, self.scale, self.norms, self.update = [], [], [], None
+
     def flush(self) -> IntervalData:
         """One device->host transfer for the whole interval (syncs), then reset."""
         n = self.used

@@ -41,13 +41,37 @@ class TrainConfig:
 
 
 @dataclass
+class Thresholds:
+    """When a diagnosis fires. Defaults keep healthy runs (the shipped samples, a standard
+    ResNet/transformer) silent; each is documented in the README's triage table."""
+
+    explode_growth: float = 100.0  # total grad norm: late median / early median
+    explode_depth_ratio: float = 1.0e3  # input-side / output-side grad RMS, sustained
+    vanish_depth_ratio: float = 1.0e-3  # input-side / output-side grad RMS, sustained
+    vanish_floor: float = 1.0e-10  # a module's grad RMS below this (with others above) is vanished
+    sustained_fraction: float = (
+        0.5  # share of logged steps (second half of the run) a ratio must hold
+    )
+    dead_fraction: float = 0.5  # share of a ReLU's units that output 0 for every sampled input
+    overflow_tolerance: int = 3  # fp16 skips allowed beyond calibration + growth probes
+    collapse_scale: float = 1.0  # a loss scale at or below this has collapsed
+    collapse_skips: int = 5  # consecutive skipped steps after calibration = collapse
+    update_ratio_high: float = 0.1  # median ||dW|| / ||W|| per module
+    update_ratio_low: float = 1.0e-7
+    divergence_factor: float = 1.5  # late loss vs initial loss
+    headroom_factor: float = 8.0  # |value| within this factor of fp16's max (65504)
+
+
+@dataclass
 class DiagnosticsConfig:
     every: int = 10  # log interval in optimizer steps: one host<->device sync per interval
     histogram_every: int = 100  # gradient histograms per module (0: off); sparser than `every`
-    histogram_samples: int = (
-        4096  # elements sampled per module for a histogram (uniform, with replacement)
-    )
+    histogram_samples: int = 4096  # elements sampled per module for a histogram
     memory_every: int = 100  # memory measured on steps 1, 2 and every N steps (0: only 1 and 2)
+    activation_every: int = 50  # dead-unit / headroom hooks on steps 1 and every N (0: off)
+    snapshot_every: int = 50  # replay snapshot interval, rounded up to a multiple of `every`
+    on_nonfinite: str = "stop"  # stop | skip | continue, after the replay of the first bad step
+    thresholds: Thresholds = field(default_factory=Thresholds)
 
 
 @dataclass

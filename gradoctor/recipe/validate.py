@@ -24,6 +24,7 @@ from gradoctor.recipe.schema import (
     GradScalerConfig,
     OutputConfig,
     Recipe,
+    Thresholds,
     TrainConfig,
 )
 
@@ -69,6 +70,10 @@ def device(v: Any) -> str | None:
     return None if ok else "auto | cpu | cuda | cuda:N"
 
 
+def one_of(*choices: str) -> Check:
+    return lambda v: None if v in choices else " | ".join(choices)
+
+
 def growth_factor(v: Any) -> str | None:
     return None if _is_num(v) and v > 1 else "a number > 1"
 
@@ -98,9 +103,16 @@ SECTION_CHECKS: dict[str, tuple[type, dict[str, Check]]] = {
             "histogram_every": int_at_least(0),
             "histogram_samples": int_at_least(1),
             "memory_every": int_at_least(0),
+            "activation_every": int_at_least(0),
+            "snapshot_every": int_at_least(1),
+            "on_nonfinite": one_of("stop", "skip", "continue"),
+            "thresholds": lambda v: (
+                None if isinstance(v, dict) else "a mapping of threshold names to numbers"
+            ),
         },
     ),
     "output": (OutputConfig, {"dir": string, "tensorboard": boolean}),
+    "diagnostics.thresholds": (Thresholds, {f.name: positive_number for f in fields(Thresholds)}),
     "grad_scaler": (
         GradScalerConfig,
         {
@@ -184,7 +196,9 @@ def _component(
 
 def _section(data: dict, key: str, out: _Collector) -> Any:
     cls, checks = SECTION_CHECKS[key]
-    block = data.get(key)
+    block = data
+    for part in key.split("."):
+        block = block.get(part) if isinstance(block, dict) else None
     if block is None:
         return cls()
     if not isinstance(block, dict):
@@ -200,6 +214,8 @@ def _section(data: dict, key: str, out: _Collector) -> Any:
         if accepted is not None:
             out.add(f"{key}.{name}", f"invalid value {value!r}", hint=f"accepted: {accepted}")
             continue
+        if name == "thresholds":
+            value = _section(data, f"{key}.thresholds", out)
         values[name] = (
             float(value)
             if name in ("init_scale", "growth_factor", "backoff_factor", "clip_grad_norm")
@@ -247,13 +263,7 @@ def build_recipe(
         out.add(
             "precision", f"invalid value {precision!r}", hint="accepted: " + " | ".join(PRECISIONS)
         )
-    sections = {key: _section(data, key, out) for key in SECTION_CHECKS}
-    if "grad_scaler" in data and precision != "fp16" and precision in PRECISIONS:
-        out.add(
-            "grad_scaler",
-            f"only used with precision fp16 (precision is {precision})",
-            hint="remove it or set precision: fp16",
-        )
+    sections = {key: _section(data, key, out) for key in SECTION_CHECKS if "." not in key}
     if out.problems:
         raise RecipeError(out.problems, source=source)
     recipe = Recipe(

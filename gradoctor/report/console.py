@@ -19,6 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from gradoctor.report.base import Reporter
+from gradoctor.report.triage import triage_view
 from gradoctor.result import TrainResult
 
 
@@ -154,6 +155,7 @@ def render_summary(result: TrainResult, console: Console) -> None:
     if data.get("error"):
         table.add_row("error", data["error"].splitlines()[0])
     console.print(table)
+    console.print(triage_view(data))
 
 
 def print_error(error: Exception, console: Console | None = None) -> None:

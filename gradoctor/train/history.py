@@ -49,6 +49,29 @@ class History:
     step_time_s: list[float] = field(default_factory=list)  # per interval mean
     samples_per_s: list[float] = field(default_factory=list)
     step_time_steps: list[int] = field(default_factory=list)
+    dropped_steps: list[int] = field(default_factory=list)  # on_nonfinite: skip
+    activation_steps: list[int] = field(default_factory=list)  # steps ending an activation window
+    dead_fraction: dict[str, list[float]] = field(default_factory=dict)  # ReLU site -> per window
+    relu_units: dict[str, int] = field(default_factory=dict)
+    act_absmax: dict[str, list[float]] = field(default_factory=dict)  # leaf module -> per window
+    grad_absmax_steps: list[int] = field(default_factory=list)  # sampled steps (fp16 headroom)
+    grad_absmax: list[list[float]] = field(default_factory=list)  # [sample][module], unscaled
+    grad_absmax_scale: list[float] = field(default_factory=list)  # loss scale at each sample
+    forward_order: list[str] = field(default_factory=list)  # leaf modules in execution order
+
+    def truncate(self, last_step: int) -> None:
+        """Forget every per-step record after ``last_step`` (a replay re-runs those steps)."""
+        keep = sum(1 for s in self.steps if s <= last_step)
+        for name in ("steps", "loss", "lr", "loss_scale", "grad_norm_total", "module_norms"):
+            setattr(self, name, getattr(self, name)[:keep])
+        self.skipped_steps = [s for s in self.skipped_steps if s <= last_step]
+        self.overflow = [o for o in self.overflow if o["step"] <= last_step]
+        n_upd = sum(1 for s in self.update_ratio_steps if s <= last_step)
+        self.update_ratio_steps = self.update_ratio_steps[:n_upd]
+        self.update_ratio = {k: v[:n_upd] for k, v in self.update_ratio.items()}
+        n_t = sum(1 for s in self.step_time_steps if s <= last_step)
+        self.step_time_s, self.samples_per_s = self.step_time_s[:n_t], self.samples_per_s[:n_t]
+        self.step_time_steps = self.step_time_steps[:n_t]
 
     def grad_norm_summary(self) -> dict[str, dict[str, Any]]:
         """Per module: last, max and median gradient norm over the steps that were not skipped."""
@@ -84,6 +107,15 @@ class History:
             "step_time_steps": self.step_time_steps,
             "skipped_steps": self.skipped_steps,
             "overflow": self.overflow,
+            "dropped_steps": self.dropped_steps,
+            "activation_steps": self.activation_steps,
+            "dead_fraction": self.dead_fraction,
+            "relu_units": self.relu_units,
+            "act_absmax": self.act_absmax,
+            "grad_absmax_steps": self.grad_absmax_steps,
+            "grad_absmax": self.grad_absmax,
+            "grad_absmax_scale": self.grad_absmax_scale,
+            "forward_order": self.forward_order,
         }
 
     @classmethod
@@ -105,4 +137,17 @@ class History:
             ("overflow", "overflow"),
         ):
             setattr(h, attr, data[key])
+        for key in (
+            "dropped_steps",
+            "activation_steps",
+            "dead_fraction",
+            "relu_units",
+            "act_absmax",
+            "grad_absmax_steps",
+            "grad_absmax",
+            "grad_absmax_scale",
+            "forward_order",
+        ):
+            if key in data:
+                setattr(h, key, data[key])
         return h

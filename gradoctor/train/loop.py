@@ -24,7 +24,10 @@ import torch
 import yaml
 
 import gradoctor
+from gradoctor.diagnose.context import RunContext, module_infos
+from gradoctor.diagnose.engine import diagnose
 from gradoctor.errors import GradoctorError, OutOfMemory, TrainingInterrupted, UserCodeError
+from gradoctor.monitors.activations import ActivationSampler
 from gradoctor.monitors.grad_norms import GradNormRecorder, ParamIndex
 from gradoctor.monitors.histograms import GradHistograms
 from gradoctor.monitors.interval import IntervalCollector, IntervalData
@@ -48,7 +51,11 @@ from gradoctor.train.environment import (
     seed_everything,
 )
 from gradoctor.train.history import History
+from gradoctor.train.nonfinite import NonFiniteGuard, StopRun
 from gradoctor.train.precision import autocast, make_scaler, scale_tensor
+
+
+_NULL = contextlib.nullcontext()
 
 
 class Trainer:
@@ -96,6 +103,11 @@ class Trainer:
         self._interval_start = time.perf_counter()
         self._stop_requested = False
         self._mid_step = False
+        self.quiet = False  # set while a replay re-creates state: no instruments
+        every_act = recipe.diagnostics.activation_every
+        self.activations = ActivationSampler(self.model) if every_act else None
+        self._grad_absmax: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
+        self.guard = NonFiniteGuard(self)
         if resume is not None:
             self._restore(load_checkpoint(resume))
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -114,14 +126,15 @@ class Trainer:
         cfg = self.recipe.train
         self._mid_step = True
         log_step = step % self.every == 0 or step == cfg.steps
-        sampled = self._memory_step(step)
+        sampled = self._memory_step(step) and not self.quiet
+        act = self._activation_step(step) and not self.quiet
         loss_sum: torch.Tensor | None = None
         samples = 0
         for _ in range(cfg.accum_steps):
             batch = to_device(self.data.next(), self.device)
             samples += batch_size(batch)
             with self.memory.phase("forward", sampled), self.memory.saved_tensors(sampled):
-                with autocast(self.recipe.precision, self.device):
+                with autocast(self.recipe.precision, self.device), self._act_hooks(act):
                     loss = compute_loss(self.model, batch, self.loss_fn)
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
             with self.memory.phase("backward", sampled):
@@ -133,14 +146,30 @@ class Trainer:
             norms = self.norms.record()
             if cfg.clip_grad_norm is not None:
                 self.norms.clip(norms, cfg.clip_grad_norm)
-            self._maybe_histograms(step)
+            if not self.quiet:
+                self._maybe_histograms(step)
+            if act:  # per-parameter max |grad| (unscaled) for fp16 headroom
+                self._grad_absmax.append(
+                    (
+                        step,
+                        self.norms.record_absmax(),
+                        scale_tensor(self.scaler, self.device).clone(),
+                    )
+                )
             if log_step:
                 self.norms.before_update()
             lr = float(self.optimizer.param_groups[0]["lr"])
-            self._stepped = False
-            self.scaler.step(self.optimizer)
-            skipped = self._was_skipped()
-            self.scaler.update()
+            if (
+                self.guard.guarding
+                and not self.scaler.is_enabled()
+                and self._nonfinite(norms, loss_sum)
+            ):
+                skipped = True  # on_nonfinite: skip — drop this update (one sync per step)
+            else:
+                self._stepped = False
+                self.scaler.step(self.optimizer)
+                skipped = self._was_skipped()
+                self.scaler.update()
             if log_step:
                 self.buffer.update = self.norms.after_update()
             if sampled:
@@ -158,11 +187,22 @@ class Trainer:
         self.step_count = step
         self._mid_step = False
 
+    def _act_hooks(self, active: bool) -> contextlib.AbstractContextManager[None]:
+        return self.activations.hooks(True) if active and self.activations is not None else _NULL
+
+    def _activation_step(self, step: int) -> bool:
+        every = self.recipe.diagnostics.activation_every
+        return every > 0 and (step - self.start_step == 1 or step % every == 0)
+
     def _memory_step(self, step: int) -> bool:
         """Memory is measured on the run's first two steps (optimizer state appears at the
         first) and every ``diagnostics.memory_every`` steps: peaks are steady after that."""
         every = self.recipe.diagnostics.memory_every
         return step - self.start_step <= 2 or (every > 0 and step % every == 0)
+
+    @staticmethod
+    def _nonfinite(norms: torch.Tensor, loss: torch.Tensor) -> bool:
+        return not bool(torch.isfinite(norms).all() & torch.isfinite(loss))  # syncs
 
     def _was_skipped(self) -> bool:
         if not self.scaler.is_enabled():
@@ -182,8 +222,9 @@ class Trainer:
                 self.tb.scalar(f"grad_hist_nonfinite/{module}", nonfinite, step)
 
     # ---- once per log interval ----------------------------------------------------------
-    def flush(self) -> None:
-        """Copy the interval's statistics to the host (the one sync) and write them out."""
+    def flush(self, check: bool = True) -> None:
+        """Copy the interval's statistics to the host (the one sync) and write them out;
+        with ``check``, a non-finite value found there starts the replay."""
         n = self.buffer.used
         if n == 0:
             return
@@ -193,7 +234,9 @@ class Trainer:
         self._interval_start = now
         first = self.step_count - n + 1
         steps = list(range(first, self.step_count + 1))
+        skipped = list(self._pending["skipped"])
         self._record(steps, data, step_s)
+        self._record_activations()
         self._write_events(steps, data, step_s)
         self.tb.flush()
         self.reporter.on_log(
@@ -207,6 +250,32 @@ class Trainer:
         )
         for key in self._pending:
             self._pending[key].clear()
+        bad = self.guard.first_bad_step(steps, data, skipped)
+        if bad is not None and check:
+            self.guard.handle(*bad)
+
+    def _record_activations(self) -> None:
+        """Move sampled activation / gradient-peak statistics to the history (small transfers,
+        only at flushes that follow a sampled step)."""
+        h = self.history
+        if self.activations is not None and self.activations.samples and self.activations.absmax:
+            window = self.activations.take()
+            h.activation_steps.append(self.step_count)
+            for name, value in window["absmax"].items():
+                h.act_absmax.setdefault(name, []).append(value)
+            for site, frac in window["dead"].items():
+                h.dead_fraction.setdefault(site, []).append(frac)
+            h.relu_units.update(window["units"])
+            if not h.forward_order:
+                h.forward_order = list(self.activations.order)
+        for step, absmax, scale in self._grad_absmax:
+            values = absmax.cpu().numpy()[self.index.unpermute]  # unscaled max |grad|
+            per_module = np.zeros(len(self.index.modules))
+            np.maximum.at(per_module, self.index.owner, values)
+            h.grad_absmax_steps.append(step)
+            h.grad_absmax.append(per_module.tolist())
+            h.grad_absmax_scale.append(float(scale))
+        self._grad_absmax.clear()
 
     def _record(self, steps: list[int], data: IntervalData, step_s: float) -> None:
         h = self.history
@@ -289,6 +358,7 @@ class Trainer:
             ):
                 self.reporter.on_start(self._info())
                 self._interval_start = time.perf_counter()
+                self.guard.maybe_snapshot()
                 while self.step_count < self.recipe.train.steps:
                     if self._stop_requested:
                         raise KeyboardInterrupt
@@ -296,9 +366,12 @@ class Trainer:
                     self.reporter.on_step(self.step_count)
                     if self.buffer.used >= self.every or self.step_count == self.recipe.train.steps:
                         self.flush()
+                        self.guard.maybe_snapshot()
                     every = self.recipe.train.checkpoint_every
                     if every and self.step_count % every == 0:
                         self.save()
+        except StopRun:
+            status = "stopped"
         except KeyboardInterrupt:
             status, raised = (
                 "interrupted",
@@ -333,18 +406,38 @@ class Trainer:
     def _finish(self, status: str, raised: BaseException | None, duration: float) -> TrainResult:
         """Flush, checkpoint (unless failed mid-step), write the report; leave nothing behind."""
         with contextlib.suppress(Exception):
-            self.flush()
-        if status == "completed" or (status == "interrupted" and not self._mid_step):
+            self.flush(check=False)
+        if status in ("completed", "stopped") or (status == "interrupted" and not self._mid_step):
             self.save()  # never a checkpoint of a half-done step
         self._undo_checkpointing()
         self._hook.remove()
         result = self.result(
             status, str(raised) if raised and status == "failed" else None, duration
         )
+        result.diagnoses = self.diagnoses()
+        for i, d in enumerate(result.diagnoses):
+            self.tb.text(
+                "diagnoses",
+                f"**{d['severity']}** `{d['code']}` {d['message']}  \nfix: {d['fix']}",
+                i,
+            )
         write_json_atomic(self.out_dir / "report.json", result.to_dict())
         self.tb.close()
         self.reporter.on_end(result)
         return result
+
+    def diagnoses(self) -> list[dict[str, Any]]:
+        """Run the triage rules over the history (host-side, at the end of the run)."""
+        ctx = RunContext(
+            history=self.history.to_dict(),
+            findings=self.guard.findings,
+            modules=module_infos(self.model, self.index.modules),
+            precision=self.recipe.precision,
+            thresholds=self.recipe.diagnostics.thresholds,
+            growth_interval=self.recipe.grad_scaler.growth_interval,
+            backoff_factor=self.recipe.grad_scaler.backoff_factor,
+        )
+        return diagnose(ctx)
 
     def result(
         self, status: str = "completed", error: str | None = None, duration: float = 0.0
@@ -357,7 +450,7 @@ class Trainer:
         ]
         mean_step = float(np.mean(h.step_time_s[1:] or h.step_time_s)) if h.step_time_s else None
         return TrainResult(
-            steps_completed=self.step_count,
+            steps_completed=max(self.step_count, h.steps[-1] if h.steps else 0),
             final_loss=h.loss[-1] if h.loss else None,
             skipped_steps=list(h.skipped_steps),
             loss_scale=h.loss_scale[-1] if h.loss_scale and self.scaler.is_enabled() else None,
@@ -379,6 +472,7 @@ class Trainer:
             },
             update_ratios={k: v[-1] for k, v in h.update_ratio.items()},
             overflow=list(h.overflow),
+            nonfinite=list(self.guard.findings),
             throughput={
                 "step_s": mean_step,
                 "samples_per_s": float(np.mean(h.samples_per_s[1:] or h.samples_per_s))

@@ -121,3 +121,35 @@ class InterruptingData:
             if self.count == self.at_batch:
                 os.kill(os.getpid(), signal.SIGINT)
             yield batch
+
+
+def device_data(batch_size: int = 32, n_batches: int = 4, device: str = "cuda"):
+    """Batches that already live on ``device`` (no host-to-device copies in the step)."""
+    g = torch.Generator().manual_seed(1234)
+    out = []
+    for _ in range(n_batches):
+        x = torch.randn(batch_size, 8, generator=g)
+        y = (x[:, :3].sum(1) > 0).long()
+        out.append((x.to(device), y.to(device)))
+    return out
+
+
+class LogGate(nn.Module):
+    """``0 * log(s)``: zero while s > 0, NaN once it goes negative."""
+
+    def forward(self, s):
+        return 0.0 * torch.log(s)
+
+
+class NaNAtStep(nn.Module):
+    """Returns its own loss ``CE + s + 0*log(s)``: SGD lowers ``s`` by ``lr`` per step, so with
+    s0=1 and lr=0.15 the loss turns NaN at step 8, inside ``gate``, reproducibly."""
+
+    def __init__(self, start: float = 1.0):
+        super().__init__()
+        self.lin = nn.Linear(8, 3)
+        self.s = nn.Parameter(torch.tensor(start))
+        self.gate = LogGate()
+
+    def forward(self, x, y):
+        return nn.functional.cross_entropy(self.lin(x), y) + self.s + self.gate(self.s)

@@ -1,0 +1,1 @@
+"""One module per check family; each exposes ``run(ctx) -> list[CheckResult]``."""

@@ -1,0 +1,315 @@
+"""The predictive model: per-module statistics of a tracked step, and the replay of its memory
+timeline under activation checkpointing, fitted linearly in the batch size.
+
+Replay of a checkpointed module call ``c`` (non-reentrant ``torch.utils.checkpoint``), on the
+timeline of the same step measured without checkpointing:
+
+* a storage created inside ``c`` and saved for backward only by ops inside ``c`` is *dropped*:
+  it is freed when ``c`` returns (an autocast weight copy when the forward's autocast region
+  ends: autocast caches it until then), and allocated again at ``c``'s recomputation;
+* the recomputation happens when backward first reaches ``c``: just after the last release of a
+  saved storage that precedes the first release of one of ``c``'s dropped storages; the
+  recompute's own transient bytes (the largest unsaved live set inside ``c``'s forward) are added
+  at that point as a spike;
+* ``c``'s inputs are kept alive by the checkpoint until ``c``'s backward has finished.
+
+Batch size: two steps measured at different batch sizes run the same ops, so their events
+pair up one to one. Each event's bytes are fitted as ``fixed + per_sample * batch``, which
+gives the whole replayed curve at any batch size; its maximum is the predicted peak (the peak
+may move, e.g. from the end of backward, where gradients dominate, to its start, where
+activations do, as the batch grows). When the events do not pair up (data-dependent code), the
+peak of each phase is fitted instead and the largest phase line is the prediction. On CUDA the
+allocator's bytes that no tensor accounts for (cuBLAS/cuDNN workspaces, rounding, tensors that
+existed before the step) are the measured peak minus the tracked peak, fitted linearly too; on CUDA each op's own
+allocator peak (workspaces included) is a point of the curve as well.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradoctor.memory.tracking import PHASES, StepTrace
+
+STEP_PHASES = ("forward", "backward", "optimizer")
+
+
+@dataclass
+class ModuleStats:
+    """One module over the first micro-batch's forward. Bytes; ``drop`` is what checkpointing
+    the module frees between its forward and its backward, ``spike`` what its recomputation
+    allocates at once in backward."""
+
+    qname: str
+    kind: str
+    calls: int
+    saved: int  # distinct storages saved by ops running directly in this module
+    saved_total: int  # ... by ops anywhere inside it (each storage once)
+    drop: int
+    spike: int
+
+
+def outermost_calls(trace: StepTrace, names: Iterable[str]) -> dict[int, int]:
+    """Forward call id -> id of its outermost enclosing call that ``names`` checkpoint (by
+    qualified name or class name, as ``train.checkpoint`` matches)."""
+    wanted = set(names)
+    owner: dict[int, int] = {}
+    for cid, call in enumerate(trace.calls):
+        if call.phase != "forward":
+            continue
+        parent = owner.get(call.parent) if call.parent is not None else None
+        if parent is not None:
+            owner[cid] = parent
+        elif call.qname in wanted or call.kind in wanted:
+            owner[cid] = cid
+    return owner
+
+
+def dropped_records(trace: StepTrace, owner: dict[int, int]) -> dict[int, list[int]]:
+    """Checkpointed call id -> record indices its checkpointing drops (see module docstring).
+    A saved storage never freed in a step with a backward is held elsewhere: not dropped."""
+    with_backward = ("backward", 0) in trace.phase_ranges
+    out: dict[int, list[int]] = {}
+    for idx, r in enumerate(trace.records):
+        if r.alloc < 0 or not r.saved_by or r.phase != "forward":
+            continue
+        if with_backward and r.free is None:
+            continue
+        c = next((owner[cid] for cid in r.stack if cid in owner), None)
+        if c is None or not all(c in stack for stack in r.saved_by):
+            continue
+        out.setdefault(c, []).append(idx)
+    return out
+
+
+def _transient(trace: StepTrace, call_id: int) -> int:
+    """Largest live total of unsaved storages created inside the call, during its forward."""
+    call = trace.calls[call_id]
+    live = peak = 0
+    for idx, sign in trace.events[call.enter : call.exit]:
+        r = trace.records[idx]
+        if r.saved_by or r.param_cast or not (call.enter <= r.alloc < call.exit):
+            continue
+        live += sign * r.nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def module_stats(trace: StepTrace) -> list[ModuleStats]:
+    """Per-module saved bytes and checkpointing effect, for every module called in forward."""
+    by_name: dict[str, list[int]] = {}
+    for cid, call in enumerate(trace.calls):
+        if call.phase == "forward" and call.micro == 0:
+            by_name.setdefault(call.qname, []).append(cid)
+    direct: dict[int, set[int]] = {}  # call id -> records saved directly in it
+    inside: dict[int, set[int]] = {}  # call id -> records saved anywhere inside it
+    for idx, r in enumerate(trace.records):
+        for stack in r.saved_by:
+            if stack:
+                direct.setdefault(stack[-1], set()).add(idx)
+            for cid in stack:
+                inside.setdefault(cid, set()).add(idx)
+    stats = []
+    for qname, cids in by_name.items():
+        owner = {cid: cid for cid in cids}
+        for cid, call in enumerate(trace.calls):  # descendants of these calls
+            if call.parent in owner and cid not in owner:
+                owner[cid] = owner[call.parent]
+        drops = dropped_records(trace, owner)
+        size = lambda ids: sum(trace.records[i].nbytes for i in ids)  # noqa: E731
+        drop = sum(size(ids) for ids in drops.values())
+        spike = max((size(drops.get(c, [])) + _transient(trace, c) for c in cids), default=0)
+        stats.append(
+            ModuleStats(
+                qname=qname,
+                kind=trace.calls[cids[0]].kind,
+                calls=len(cids),
+                saved=size(set().union(*(direct.get(c, set()) for c in cids))),
+                saved_total=size(set().union(*(inside.get(c, set()) for c in cids))),
+                drop=drop,
+                spike=spike,
+            )
+        )
+    return stats
+
+
+@dataclass
+class Replay:
+    """Peak bytes per phase (static bytes included) and where the overall peak is."""
+
+    phase_peaks: dict[str, int]
+    peak: int
+    peak_event: int
+    peak_phase: str
+    curve: np.ndarray  # bytes alive after each event (int64, static included), with
+    #                    recomputation spikes inserted as extra points
+    phases: np.ndarray | None = None  # PHASES index of each curve point
+
+
+def replay(trace: StepTrace, checkpoint: Iterable[str] = ()) -> Replay:
+    """The step's memory curve with ``checkpoint`` applied (module docstring). Without
+    checkpointing this is exactly the measured tracked curve."""
+    n = len(trace.events)
+    recs = trace.records
+    delta = np.zeros(n + 1, dtype=np.int64)
+    for i, (idx, sign) in enumerate(trace.events):
+        delta[i] = sign * recs[idx].nbytes
+    own = delta[:n].copy()
+    spikes: dict[int, int] = {}
+    names = list(checkpoint)
+    if names:
+        _apply_checkpointing(trace, names, delta, spikes)
+    static = sum(trace.static.values())
+    live = static + np.cumsum(delta[:n])
+    phases = np.array([PHASES.index(p) for p in trace.event_phase], dtype=np.int64)
+    points: list[tuple[int, int]] = []  # (insert before event, bytes alive at that moment)
+    before = np.concatenate([[static], live[:-1]]) if n else np.array([static])
+    for i, extra in sorted(spikes.items()):  # a recomputation's transients, before event i
+        if i < n:
+            points.append((i, int(live[i] - own[i] + extra)))
+    for i, extra in trace.op_spikes:  # CUDA: an op's own peak (its outputs and workspace)
+        if i < n:
+            points.append((i, int(before[i] + delta[i] - own[i] + extra)))
+    if points:
+        at = np.array([i for i, _ in points], dtype=np.int64)
+        values = np.array([v for _, v in points], dtype=np.int64)
+        live, phases = np.insert(live, at, values), np.insert(phases, at, phases[at])
+    peaks = {}
+    for name in STEP_PHASES:
+        mask = phases == PHASES.index(name)
+        peaks[name] = int(live[mask].max()) if mask.any() else static
+    if n == 0:
+        return Replay(peaks, static, -1, "forward", live)
+    i = int(np.argmax(live))
+    return Replay(peaks, max(int(live[i]), static), i, PHASES[int(phases[i])], live, phases)
+
+
+def _apply_checkpointing(
+    trace: StepTrace, names: list[str], delta: np.ndarray, spikes: dict[int, int]
+) -> None:
+    recs = trace.records
+    owner = outermost_calls(trace, names)
+    drops = dropped_records(trace, owner)
+    saved_frees = sorted(r.free for r in recs if r.saved_by and r.free is not None and r.alloc >= 0)
+    retained: dict[int, int] = {}  # input record -> event index where the checkpoint releases it
+    for cid, ids in drops.items():
+        call = trace.calls[cid]
+        fwd_end = trace.phase_ranges.get(("forward", call.micro), (0, call.exit))[1]
+        bwd_start = trace.phase_ranges.get(("backward", call.micro), (fwd_end, fwd_end))[0]
+        first_free = min(recs[i].free for i in ids)
+        k = bisect.bisect_left(saved_frees, first_free) - 1
+        recompute = saved_frees[k] + 1 if k >= 0 and saved_frees[k] >= bwd_start else bwd_start
+        for i in ids:
+            r = recs[i]
+            delta[fwd_end if r.param_cast else call.exit] -= r.nbytes
+            delta[recompute] += r.nbytes
+        spikes[recompute] = spikes.get(recompute, 0) + _transient(trace, cid)
+        release = max(recs[i].free for i in ids)
+        for i in call.inputs:
+            r = recs[i]
+            if r.alloc >= 0 and r.free is not None and r.free < bwd_start:
+                retained[i] = max(retained.get(i, 0), release)
+    for i, release in retained.items():
+        delta[recs[i].free] += recs[i].nbytes
+        delta[release] -= recs[i].nbytes
+
+
+@dataclass
+class Line:
+    """``fixed + per_sample * batch`` (bytes)."""
+
+    fixed: float
+    per_sample: float
+
+    def __call__(self, batch: float) -> float:
+        return self.fixed + self.per_sample * batch
+
+    @staticmethod
+    def through(points: list[tuple[int, float]]) -> Line:
+        """Least squares over ``(batch, bytes)`` points; one point gives a flat line."""
+        if len({b for b, _ in points}) < 2:
+            return Line(float(points[0][1]), 0.0)
+        b = np.array([p[0] for p in points], dtype=np.float64)
+        y = np.array([p[1] for p in points], dtype=np.float64)
+        slope, fixed = np.polyfit(b, y, 1)
+        return Line(float(fixed), float(slope))
+
+
+@dataclass
+class PeakModel:
+    """Predicted peak of one (precision, checkpoint set) as a function of the batch size.
+
+    ``curves`` (when the measured steps pair up) maps batch size -> replayed curve; otherwise
+    ``phases`` holds one line per phase. ``residual`` is zero on CPU."""
+
+    phases: dict[str, Line]
+    residual: Line
+    curves: dict[int, np.ndarray] | None = None
+    phase_codes: np.ndarray | None = None
+    static: int = 0
+
+    def _curve(self, batch: float) -> np.ndarray:
+        (b0, c0), (b1, c1) = sorted(self.curves.items())[:2]
+        return c0 + (batch - b0) * (c1 - c0) / (b1 - b0)
+
+    def __call__(self, batch: int) -> int:
+        if self.curves is not None:
+            tracked = max(float(self._curve(batch).max()), float(self.static))
+        else:
+            tracked = max(line(batch) for line in self.phases.values())
+        return int(round(tracked + self.residual(batch)))
+
+    def phase_of_peak(self, batch: int) -> str:
+        if self.curves is not None and len(self._curve(batch)):
+            return PHASES[int(self.phase_codes[int(np.argmax(self._curve(batch)))])]
+        return max(self.phases, key=lambda p: self.phases[p](batch))
+
+    def per_sample(self, batch: int) -> float:
+        """Slope of the predicted peak at ``batch`` (bytes per sample)."""
+        return float(self(batch + 1) - self(batch))
+
+    def max_batch(self, budget: int, limit: int = 1 << 20) -> int:
+        """Largest batch size whose predicted peak fits ``budget`` (0: not even 1; capped)."""
+        if self(1) > budget:
+            return 0
+        lo, hi = 1, 2
+        while hi < limit and self(hi) <= budget:
+            lo, hi = hi, hi * 2
+        hi = min(hi, limit)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self(mid) <= budget else (lo, mid)
+        return hi if self(hi) <= budget else lo
+
+
+def paired(a: StepTrace, b: StepTrace) -> bool:
+    """Whether two steps ran the same sequence of allocations and frees (so events pair up)."""
+    if len(a.events) != len(b.events):
+        return False
+    return all(
+        ea[1] == eb[1] and a.records[ea[0]].op == b.records[eb[0]].op
+        for ea, eb in zip(a.events, b.events)
+    )
+
+
+def fit_peak_model(
+    traces: dict[int, StepTrace], checkpoint: Iterable[str], residuals: dict[int, int] | None
+) -> PeakModel:
+    """Fit a :class:`PeakModel` from tracked steps at one or more batch sizes."""
+    names = list(checkpoint)
+    replays = {b: replay(t, names) for b, t in traces.items()}
+    phases = {
+        p: Line.through([(b, r.phase_peaks[p]) for b, r in replays.items()]) for p in STEP_PHASES
+    }
+    residual = Line.through(sorted(residuals.items())) if residuals else Line(0.0, 0.0)
+    model = PeakModel(phases, residual)
+    sizes = sorted(traces)
+    if len(sizes) >= 2 and paired(traces[sizes[0]], traces[sizes[1]]):
+        first = traces[sizes[0]]
+        model.curves = {b: replays[b].curve.astype(np.float64) for b in sizes[:2]}
+        model.phase_codes = replays[sizes[0]].phases
+        model.static = sum(first.static.values())
+    return model

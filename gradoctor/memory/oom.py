@@ -1,0 +1,309 @@
+"""Explain an out-of-memory error in ``gradoctor train``: what was alive, and what would fit.
+
+``oom_diagnosis(model, recipe, device, exc)`` is called by the training loop after a
+``torch.OutOfMemoryError``. It must be cheap and must never raise, so it measures nothing on
+the device: it reads the allocator's counters and the error message, finds the failing batch in
+the exception's frames, and runs the model's forward once on the *meta* device (shapes only, no
+memory, no compute) under the profiler's tracker and ``FlopCounterMode``, which gives the bytes
+each module saves for backward (at fp32 sizes: autocast does not apply to meta tensors) and its
+FLOPs. The planner then picks the modules to checkpoint, and the batch size that fits is
+scaled from the bytes the failed step needed. On any failure it degrades to a generic fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections import Counter
+from typing import Any
+
+import torch
+
+from gradoctor.memory import planner, summary
+from gradoctor.memory.model import module_stats
+from gradoctor.memory.tracking import StepTracker, unique_bytes
+from gradoctor.memory.units import format_bytes
+from gradoctor.recipe.schema import Recipe
+from gradoctor.train.batches import batch_size as batch_size_of
+from gradoctor.train.batches import compute_loss
+
+_UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+_HEADROOM = 0.95  # plan for 95% of the device: the allocator fragments
+
+
+def oom_diagnosis(
+    model: torch.nn.Module,
+    recipe: Recipe,
+    device: torch.device | str,
+    exc: BaseException,
+    *,
+    step: int | None = None,
+) -> dict[str, Any]:
+    """One ``memory`` diagnosis entry (``code, severity, modules, steps, message, evidence,
+    fix``) for an OOM raised at ``step`` (found in the traceback when not given)."""
+    step = step if step is not None else _frame_local(exc, "step", int)
+    try:
+        return _diagnose(model, recipe, torch.device(device), exc, step)
+    except Exception as err:  # never raise from an error path
+        return _generic(model, recipe, exc, step, f"{type(err).__name__}: {err}")
+
+
+def _diagnose(
+    model: torch.nn.Module,
+    recipe: Recipe,
+    device: torch.device,
+    exc: BaseException,
+    step: int | None,
+) -> dict[str, Any]:
+    ev = _evidence(model, recipe, device, exc)
+    batch = _frame_local(exc, "batch", object)
+    if batch is None:
+        return _generic(model, recipe, exc, step, "the failing batch was not found", ev)
+    b = batch_size_of(batch) or 1
+    stats, flops = _meta_forward(model, batch, recipe)
+    activations = sum(s.saved_total for s in stats if s.qname == "")
+    fixed = ev["parameters"] + ev["gradients"] + ev["optimizer_state"]
+    budget = int(_HEADROOM * ev["device_total"]) if ev.get("device_total") else None
+    needed = ev["allocated"] + ev["tried_to_allocate"] if ev.get("allocated") else None
+    needed = max(needed or 0, fixed + activations)
+    ev.update(
+        activations_estimate=activations,
+        batch_size=b,
+        needed_at_least=needed,
+        budget=budget,
+        method="meta-device forward (fp32 sizes) + allocator counters",
+    )
+    cands = [
+        planner.Candidate(s.qname, s.drop, s.spike, float(flops.get(s.qname, 0) or s.drop))
+        for s in stats
+        if s.qname and s.drop > 0
+    ]
+    chosen: list[str] = []
+    if budget is not None and needed > budget:
+        over = needed - budget
+        chosen = planner.min_cost_cover(cands, over) or []
+        spike = max((c.spike for c in cands if c.qname in chosen), default=0)
+        chosen = planner.min_cost_cover(cands, over + spike) or chosen
+        if not chosen:  # checkpointing alone cannot fit: take what frees the most, shrink the batch
+            outer = {c.qname for c in cands}
+            chosen = [c.qname for c in cands if planner.parent_of(c.qname, outer) is None]
+    picked = [c for c in cands if c.qname in chosen]
+    freed = sum(c.drop for c in picked) - max((c.spike for c in picked), default=0)
+    per_sample = max(needed - fixed - max(freed, 0), 1) / b
+    fits = math.floor((budget - fixed) / per_sample) if budget is not None else b // 2
+    fits = max(0, min(fits, b if chosen else b - 1))
+    ev["checkpoint_frees_estimate"] = max(freed, 0)
+    names = summary.recipe_names(model, chosen) if chosen else []
+    ranked = sorted(stats, key=lambda s: -s.saved_total)
+    modules = chosen + [s.qname for s in ranked if s.qname and s.qname not in chosen][:5]
+    fixes = []
+    if names:
+        fixes.append(f"train.checkpoint: [{', '.join(names)}]")
+    if fits < 1:
+        fixes.append("even data.batch_size: 1 does not fit")
+    elif fits < b:
+        fixes.append(f"data.batch_size: {fits}")
+    if recipe.precision == "fp32":
+        fixes.append("precision: bf16")
+    where = f" at step {step}" if step is not None else ""
+    message = (
+        f"out of memory in {ev['phase']}{where}: the step needed at least "
+        f"{format_bytes(needed)}"
+        + (f" of {format_bytes(ev['device_total'])}" if ev.get("device_total") else "")
+        + f", {format_bytes(activations)} of it activations saved for backward "
+        f"(batch {b}) and {format_bytes(fixed)} parameters, gradients and optimizer state"
+    )
+    return _entry(modules, step, message, ev, _fix_text(fixes, recipe))
+
+
+def _meta_forward(
+    model: torch.nn.Module, batch: Any, recipe: Recipe
+) -> tuple[list, dict[str, int]]:
+    """Per-module saved bytes and FLOPs of one forward on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = {
+        name: torch.empty_like(t, device="meta").requires_grad_(t.requires_grad)
+        for name, t in [*model.named_parameters(), *model.named_buffers()]
+    }
+    meta_batch = _to_meta(batch)
+    tracker = StepTracker(model, None, torch.device("meta"), params=list(meta.values()))
+    loss_fn = _loss_fn(recipe)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        return torch.func.functional_call(model, meta, args, kwargs, tie_weights=True)
+
+    with FlopCounterMode(display=False) as counter, tracker.tracking():
+        compute_loss(run, meta_batch, loss_fn)
+    trace = tracker.finish(set(), set())
+    root = type(model).__name__
+    flops = {}
+    for name, by_op in counter.get_flop_counts().items():
+        if name != "Global":
+            flops["" if name == root else name.removeprefix(root + ".")] = sum(by_op.values())
+    return module_stats(trace), flops
+
+
+def _to_meta(batch: Any) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return torch.empty_like(batch, device="meta")
+    if isinstance(batch, dict):
+        return {k: _to_meta(v) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_meta(v) for v in batch)
+    return batch
+
+
+def _loss_fn(recipe: Recipe) -> Any:
+    if recipe.loss is None:
+        return None
+    from gradoctor.recipe.components import resolve_target
+
+    return resolve_target(recipe.loss.target, recipe.base_dir)(**recipe.loss.kwargs)
+
+
+def _evidence(
+    model: torch.nn.Module, recipe: Recipe, device: torch.device, exc: BaseException
+) -> dict[str, Any]:
+    """Bytes known without running anything (allocator counters are host-side reads)."""
+    params = list(model.parameters())
+    param_bytes, _ = unique_bytes(params + list(model.buffers()), device.type)
+    grad_bytes, _ = unique_bytes([p.grad for p in params if p.grad is not None], device.type)
+    trainable, _ = unique_bytes([p for p in params if p.requires_grad], device.type)
+    ev: dict[str, Any] = {
+        "phase": _phase(exc),
+        "parameters": param_bytes,
+        "gradients": max(grad_bytes, trainable),  # all exist by the end of backward
+        "optimizer_state": _optimizer_state_estimate(recipe, trainable),
+        "tried_to_allocate": _parse_size(str(exc), r"Tried to allocate ([\d.]+ \w+)") or 0,
+        "device_total": _parse_size(str(exc), r"total capacity of ([\d.]+ \w+)"),
+        "free": _parse_size(str(exc), r"of which ([\d.]+ \w+) is free"),
+    }
+    if device.type == "cuda":
+        with contextlib.suppress(Exception):
+            ev["allocated"] = torch.cuda.memory_allocated(device)
+            ev["max_allocated"] = torch.cuda.max_memory_allocated(device)
+            ev["reserved"] = torch.cuda.memory_reserved(device)
+            ev["device_total"] = (
+                ev["device_total"] or torch.cuda.get_device_properties(device).total_memory
+            )
+    return ev
+
+
+def _optimizer_state_estimate(recipe: Recipe, trainable: int) -> int:
+    """Adam-family: two fp32 buffers per parameter; SGD with momentum: one; plain SGD: none."""
+    name = recipe.optimizer.target.rsplit(".", 1)[-1].rsplit(":", 1)[-1].lower()
+    if name.startswith("sgd"):
+        return trainable if recipe.optimizer.kwargs.get("momentum", 0) else 0
+    if name in {"adagrad", "rmsprop"}:
+        return trainable
+    return 2 * trainable
+
+
+def _phase(exc: BaseException) -> str:
+    names = [f.f_code.co_name for f, _ in _frames(exc)]
+    files = [f.f_code.co_filename for f, _ in _frames(exc)]
+    if any("torch/autograd" in p or "run_backward" in n for n, p in zip(names, files)):
+        return "backward"
+    if any("torch/optim" in p or "grad_scaler" in p for p in files):
+        return "optimizer step"
+    return "forward"
+
+
+def _frames(exc: BaseException) -> list[tuple[Any, int]]:
+    tb, out = exc.__traceback__, []
+    while tb is not None:
+        out.append((tb.tb_frame, tb.tb_lineno))
+        tb = tb.tb_next
+    return out
+
+
+def _frame_local(exc: BaseException, name: str, kind: type) -> Any:
+    for frame, _ in reversed(_frames(exc)):
+        value = frame.f_locals.get(name)
+        if value is not None and isinstance(value, kind) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _parse_size(text: str, pattern: str) -> int | None:
+    match = re.search(pattern, text)
+    if not match:
+        return None
+    number, _, unit = match.group(1).partition(" ")
+    return int(float(number) * _UNITS.get(unit, 1))
+
+
+def _fix_text(fixes: list[str], recipe: Recipe) -> str:
+    return (
+        "; ".join(fixes)
+        + f" (measured plan: gradoctor memory-profile {recipe.name}.yaml --budget <memory>)"
+    )
+
+
+def _entry(
+    modules: list[str], step: int | None, message: str, evidence: dict[str, Any], fix: str
+) -> dict[str, Any]:
+    return {
+        "code": "memory",
+        "severity": "error",
+        "modules": modules,
+        "steps": [step] if step is not None else [],
+        "message": message,
+        "evidence": evidence,
+        "fix": fix,
+    }
+
+
+def _generic(
+    model: torch.nn.Module,
+    recipe: Recipe,
+    exc: BaseException,
+    step: int | None,
+    why: str,
+    evidence: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The fallback: halve the batch, bf16, and checkpoint the most repeated block class."""
+    try:
+        evidence = dict(evidence or {}, fallback=why)
+        blocks = _repeated_block(model)
+        size = recipe.data.kwargs.get("batch_size")
+        fixes = [f"train.checkpoint: [{blocks}]"] if blocks else []
+        fixes.append(
+            f"data.batch_size: {max(1, size // 2)}"
+            if isinstance(size, int)
+            else "a smaller data.batch_size"
+        )
+        if recipe.precision == "fp32":
+            fixes.append("precision: bf16")
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        where = f" at step {step}" if step is not None else ""
+        return _entry(
+            [blocks] if blocks else [],
+            step,
+            f"out of memory{where}: {first}",
+            evidence,
+            _fix_text(fixes, recipe),
+        )
+    except Exception:
+        return _entry(
+            [],
+            step if isinstance(step, int) else None,
+            "out of memory",
+            {"fallback": why},
+            "lower data.batch_size, use precision: bf16, or checkpoint activations "
+            "(train.checkpoint)",
+        )
+
+
+def _repeated_block(model: torch.nn.Module) -> str | None:
+    """The class with the most instances (at least two) among modules that have children."""
+    kinds = Counter(
+        type(m).__name__ for _, m in model.named_modules() if next(m.children(), None) is not None
+    )
+    kinds.pop(type(model).__name__, None)
+    for generic in ("Sequential", "ModuleList", "ModuleDict"):
+        kinds.pop(generic, None)
+    best = kinds.most_common(1)
+    return best[0][0] if best and best[0][1] >= 2 else None

@@ -1,0 +1,109 @@
+"""Sampled activation statistics: dead ReLU units and fp16 headroom.
+
+On a sampled step, forward hooks go on every leaf module for that step's forward only
+(removed right after it, so checkpoint recomputation in backward never sees them) and keep,
+on device: the max |output| per leaf module, and per ReLU-family call site which units were
+ever positive. A "unit" is dim 1 of a 2-D or 4-D/5-D (channels-first) output and the last dim
+of a 3-D ``[B, T, F]`` output. Cost on a sampled step: one abs/amax per leaf module plus one
+``any`` per ReLU; nothing on other steps. ``take()`` moves a window's results to the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+RELU_FAMILY = (nn.ReLU, nn.ReLU6)
+
+
+def _first_tensor(out: Any) -> torch.Tensor | None:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        for item in out:
+            if isinstance(item, torch.Tensor):
+                return item
+    return None
+
+
+def _unit_dims(t: torch.Tensor) -> tuple[int, ...]:
+    """The dims reduced away to leave the unit dim."""
+    unit = t.dim() - 1 if t.dim() == 3 else 1
+    return tuple(d for d in range(t.dim()) if d != unit)
+
+
+class ActivationSampler:
+    def __init__(self, model: nn.Module):
+        self.leaves = [
+            (n, m) for n, m in model.named_modules() if not any(True for _ in m.children())
+        ]
+        self.absmax: dict[str, torch.Tensor] = {}
+        self.alive: dict[str, torch.Tensor] = {}
+        self.order: list[str] = []  # leaf modules in forward execution order (first sample)
+        self.samples = 0
+        self._calls: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def hooks(self, active: bool) -> Iterator[None]:
+        """Forward hooks on every leaf module for the duration of one forward pass."""
+        if not active:
+            yield
+            return
+        handles = [m.register_forward_hook(self._hook(n)) for n, m in self.leaves]
+        self._calls = {}
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+            self.samples += 1
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            t = _first_tensor(out)
+            if t is None or not t.is_floating_point() or t.numel() == 0:
+                return
+            call = self._calls.get(name, 0)
+            self._calls[name] = call + 1
+            if self.samples == 0 and call == 0:
+                self.order.append(name)
+            with torch.no_grad():
+                peak = t.detach().abs().amax().float()
+                prev = self.absmax.get(name)
+                self.absmax[name] = peak if prev is None else torch.maximum(prev, peak)
+                if isinstance(module, RELU_FAMILY) and t.dim() >= 2:
+                    key = name if call == 0 else f"{name}#{call}"
+                    positive = (
+                        (t.detach() > 0).any(dim=_unit_dims(t)) if t.dim() > 1 else (t.detach() > 0)
+                    )
+                    prev_alive = self.alive.get(key)
+                    if prev_alive is None or prev_alive.shape != positive.shape:
+                        self.alive[key] = positive
+                    else:
+                        self.alive[key] = prev_alive | positive
+
+        return hook
+
+    def take(self) -> dict[str, Any]:
+        """Host copy of the window: ``{"absmax": {module: float}, "dead": {site: fraction},
+        "units": {site: n}}``, then reset. One small transfer (called at a flush)."""
+        names = list(self.absmax)
+        sites = list(self.alive)
+        parts = [self.absmax[n].reshape(1) for n in names]
+        parts += [(~self.alive[s]).float().mean().reshape(1) for s in sites]
+        if not parts:
+            return {"absmax": {}, "dead": {}, "units": {}}
+        device = parts[0].device
+        host = torch.cat([p.to(device) for p in parts]).cpu().tolist()
+        out = {
+            "absmax": dict(zip(names, host[: len(names)])),
+            "dead": dict(zip(sites, host[len(names) :])),
+            "units": {s: int(self.alive[s].numel()) for s in sites},
+        }
+        self.absmax.clear()
+        self.alive.clear()
+        return out

@@ -1,0 +1,162 @@
+"""Terminal rendering of a :class:`~gradoctor.memory.result.MemoryProfile` (rich)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from gradoctor.memory.result import MemoryProfile
+from gradoctor.memory.units import format_bytes
+
+_TOP_MODULES = 15
+
+
+def render_memory_profile(p: MemoryProfile, console: Console) -> None:
+    """Breakdown, peak, modules, what-if table with the self-check, plan, cost and notes."""
+    measured = "CUDA allocator" if p.method == "cuda_allocator" else "tracked tensor bytes"
+    console.print(
+        f"[bold]memory profile[/] {escape(p.recipe)} on {p.device} ({measured}): "
+        f"{p.precision}, batch {p.batch_size}"
+        + (f" x {p.accum_steps} micro-batches" if p.accum_steps > 1 else "")
+        + f", peak [bold]{format_bytes(p.peak)}[/]"
+    )
+    _breakdown(p, console)
+    _peak(p, console)
+    _modules(p, console)
+    _what_if(p, console)
+    _plan(p, console)
+    c = p.cost
+    console.print(
+        f"cost: profile {c['profile_seconds']:.1f} s = {c['profile_step_equivalents']:.1f} steps "
+        f"of {c['step_seconds'] * 1e3:.0f} ms ({c['profile_steps']:.0f} measured steps + a FLOP "
+        f"count); self-check {c['check_seconds']:.1f} s for {c['check_steps']:.0f} configurations"
+    )
+    for note in p.notes:
+        console.print(f"[dim]note: {escape(note)}[/]")
+    if p.snapshot:
+        console.print(f"snapshot: {escape(p.snapshot)} (open in https://pytorch.org/memory_viz)")
+
+
+def _breakdown(p: MemoryProfile, console: Console) -> None:
+    table = Table(title="Where the peak goes (one steady-state step)", title_justify="left")
+    table.add_column("category")
+    table.add_column("bytes", justify="right")
+    table.add_column("share", justify="right")
+    for cat in p.breakdown:
+        table.add_row(cat.name.replace("_", " "), format_bytes(cat.bytes), f"{cat.share:.1%}")
+    console.print(table)
+
+
+def _peak(p: MemoryProfile, console: Console) -> None:
+    for info in (p.first_step, p.steady):
+        where = f"{info.phase}" + (f" in {info.module}" if info.module else "")
+        if p.accum_steps > 1:
+            where += f", micro-batch {info.micro_batch + 1}"
+        console.print(f"peak of the {info.step} step: {format_bytes(info.bytes)} during {where}")
+    if p.first_step.bytes < p.steady.bytes:
+        console.print(
+            "  the steady state is higher: the optimizer state, created at step 1, stays alive"
+        )
+    alive = ", ".join(
+        f"{format_bytes(a['bytes'])} {a['kind']} ({a['created_in'] or 'model'})"
+        for a in p.steady.alive[:3]
+    )
+    if alive:
+        console.print(f"  largest alive at the peak: {escape(alive)}")
+
+
+def _modules(p: MemoryProfile, console: Console) -> None:
+    table = Table(
+        title=f"Modules by bytes saved for backward (top {_TOP_MODULES})", title_justify="left"
+    )
+    for col, just in (
+        ("module", "left"),
+        ("type", "left"),
+        ("saved (own)", "right"),
+        ("saved (inside)", "right"),
+        ("fwd time", "right"),
+        ("checkpoint frees", "right"),
+        ("recompute", "right"),
+    ):
+        table.add_column(col, justify=just)
+    ranked = sorted(p.modules, key=lambda m: -m.saved_total)
+    for m in [x for x in ranked if x.name][:_TOP_MODULES]:
+        table.add_row(
+            escape(m.name),
+            m.type,
+            format_bytes(m.saved),
+            format_bytes(m.saved_total),
+            f"{m.forward_time_share:.0%}",
+            format_bytes(m.checkpoint_saves),
+            f"{m.recompute_flops / 1e9:.3g} GFLOP",
+        )
+    console.print(table)
+
+
+def _what_if(p: MemoryProfile, console: Console) -> None:
+    checks = {(c.precision, c.checkpoint, c.batch_size): c for c in p.checks}
+    table = Table(title="What if (predicted steady-state peak)", title_justify="left")
+    for col in ("precision", "checkpoint", "batch", "predicted", "phase"):
+        table.add_column(col, justify="right" if col in ("batch", "predicted") else "left")
+    if p.plan.budget is not None and p.plan.budget_source != "none":
+        table.add_column("fits", justify="center")
+    if checks:
+        table.add_column("measured", justify="right")
+        table.add_column("error", justify="right")
+    for row in p.what_if:
+        cells = [
+            row.precision,
+            row.checkpoint,
+            str(row.batch_size),
+            format_bytes(row.predicted_peak),
+            row.peak_phase,
+        ]
+        if p.plan.budget is not None and p.plan.budget_source != "none":
+            cells.append("[green]yes[/]" if row.fits else "[red]no[/]")
+        check = checks.get((row.precision, row.checkpoint, row.batch_size))
+        if checks:
+            if check is None or check.measured is None:
+                cells += [check.status if check else "-", ""]
+            else:
+                cells += [format_bytes(check.measured), f"{check.error_pct:+.1f}%"]
+        table.add_row(*cells)
+    console.print(table)
+
+
+def _plan(p: MemoryProfile, console: Console) -> None:
+    plan = p.plan
+    if plan.budget_source == "none":
+        head = "checkpoint plan (no --budget: for half of what checkpointing can free)"
+    else:
+        head = f"checkpoint plan for {format_bytes(plan.budget)} ({plan.budget_source})"
+    console.print(f"[bold]{head}[/]")
+    if not plan.fits:
+        console.print(
+            f"  [red]does not fit at batch {p.batch_size}[/]: the lowest-peak checkpoint set "
+            f"({escape(', '.join(plan.recipe_names) or 'none')}) predicts "
+            f"{format_bytes(plan.predicted_peak)}"
+        )
+        if plan.smallest:
+            s = plan.smallest
+            console.print(
+                f"  [red]nothing fits[/]: the smallest configuration is {s['precision']}, batch "
+                f"{s['batch_size']}, checkpoint {escape(', '.join(s['checkpoint']) or 'off')}: "
+                f"{format_bytes(s['predicted_peak'])}"
+            )
+    elif not plan.modules:
+        console.print(
+            f"  fits without checkpointing (predicted {format_bytes(plan.predicted_peak)})"
+        )
+    else:
+        console.print(
+            f"  predicted peak {format_bytes(plan.predicted_peak)}, recompute "
+            f"{plan.recompute_flops / 1e9:.3g} GFLOP (+{plan.recompute_share:.0%} of a step's "
+            "FLOPs); paste into the recipe:"
+        )
+        console.print(escape(plan.recipe_lines), highlight=False)
+    for prec, sizes in plan.max_batch_size.items():
+        console.print(
+            f"  largest batch that fits, {prec}: {sizes['off'] or 'none'} without checkpointing, "
+            f"{sizes['plan'] or 'none'} with the plan"
+        )

@@ -1,0 +1,70 @@
+"""Models whose saved-for-backward tensors are known in closed form (fp32, batch B).
+
+``TwoLayer``: ``fc1 = Linear(D, H) -> act = Tanh -> fc2 = Linear(H, C)``.
+  * ``fc1`` (addmm) saves its input x (the batch: 4*B*D bytes) and weight.t() (a parameter view:
+    excluded);
+  * ``act`` (tanh) saves its output h (4*B*H bytes);
+  * ``fc2`` saves its input, the same h (4*B*H, same storage as act's);
+  so the model saves 4*B*D + 4*B*H distinct bytes.
+
+``Stack``: ``inp = Linear(D, W)`` then ``depth`` residual ``Block``s ``x + tanh(fc(x))`` and a
+head ``Linear(W, C)``; each Block's fc saves its input x (allocated by the previous layer), tanh
+saves its output t = tanh(fc(x)) (4*B*W). Checkpointing a Block frees t (created and saved only
+inside it) but not x (its input).
+"""
+
+import torch
+from torch import nn
+
+D, H, C, W = 8, 32, 3, 16
+
+
+class TwoLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = nn.Linear(D, H)
+        self.act = nn.Tanh()
+        self.fc2 = nn.Linear(H, C)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, width: int = W):
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+
+    def forward(self, x):
+        return x + torch.tanh(self.fc(x))
+
+
+class Stack(nn.Module):
+    def __init__(self, depth: int = 3, width: int = W):
+        super().__init__()
+        self.inp = nn.Linear(D, width)
+        self.blocks = nn.ModuleList(Block(width) for _ in range(depth))
+        self.head = nn.Linear(width, C)
+
+    def forward(self, x):
+        x = self.inp(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def data(batch_size: int = 16, n: int = 256):
+    """Classification batches ``(x [B, D] float32, y [B] int64)``; accepts ``batch_size``."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, D, generator=g)
+    y = torch.randint(0, C, (n,), generator=g)
+    return torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=False
+    )
+
+
+def fixed_size_data(n: int = 64):
+    """Batches of 16 that ignore any batch size: no ``batch_size`` keyword."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, D, generator=g), torch.randint(0, C, (n,), generator=g)
+    return [(x[i : i + 16], y[i : i + 16]) for i in range(0, n, 16)]

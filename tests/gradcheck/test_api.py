@@ -1,0 +1,81 @@
+"""``gradoctor.check_grads`` / ``assert_grads_correct`` and the JSON shape of results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import gradoctor
+from gradoctor.gradcheck import GradCheckFailed
+
+
+def test_exports():
+    assert {"Case", "check_grads", "assert_grads_correct"} <= set(gradoctor.__all__)
+
+
+def test_check_grads_on_a_module_and_a_function():
+    result = gradoctor.check_grads(torch.nn.Linear(4, 3), (torch.randn(5, 4),))
+    assert result.passed
+    names = [c.name for c in result.checks]
+    for expected in (
+        "first order",
+        "double backward",
+        "batch size 1",
+        "batch size 5",
+        "requires_grad subsets",
+        "non-contiguous inputs",
+        "non-contiguous grad_output",
+        "in-place after forward",
+        "repeated backward",
+        "batch independence",
+        "input ranges",
+        "precision",
+        "kinks & randomness",
+        "gradient metadata",
+    ):
+        assert expected in names
+    assert gradoctor.check_grads(torch.sin, torch.randn(3), batched=False).passed
+
+
+class Halved(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return x * w
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        return g * w, 0.5 * (g * x).sum(0)
+
+
+def test_assert_grads_correct_raises_with_location():
+    x, w = torch.randn(3, 2), torch.randn(2)
+    with pytest.raises(AssertionError) as err:
+        gradoctor.assert_grads_correct(Halved, (x, w))
+    assert isinstance(err.value, GradCheckFailed)
+    text = str(err.value)
+    assert "first order" in text and "constant factor (analytic = 0.5 x numeric)" in text
+    assert "/ d w[" in text
+    worst = err.value.result.check("first order").mismatches[0]
+    i, j = worst.output_index
+    assert worst.input_index == (j,)
+    assert worst.numeric == pytest.approx(float(x[i, j]), rel=1e-7)
+    assert worst.analytic == pytest.approx(0.5 * float(x[i, j]), rel=1e-12)
+
+
+def test_to_dict_is_json_and_complete():
+    result = gradoctor.check_grads(Halved, (torch.randn(3, 2), torch.randn(2)))
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["status"] == "fail"
+    first = next(c for c in data["checks"] if c["name"] == "first order")
+    assert first["status"] == "fail" and first["locations"]
+    loc = first["locations"][0]
+    assert {"input", "input_index", "output", "output_index", "analytic", "numeric"} <= set(loc)
+
+
+def test_inputs_required():
+    with pytest.raises(gradoctor.UsageError):
+        gradoctor.check_grads(torch.sin)
