@@ -94,12 +94,12 @@ def main() -> None:
     header = f"{'case':32} {'gradcheck':>10} {'gc fast':>9} {'gradoctor':>10} {'gd fast':>9} {'ratio':>7} {'fast ratio':>10}"
     print(header)
     for label, case, fn, inputs in cases():
-        slow = median_time(lambda: torch.autograd.gradcheck(fn, inputs), args.repeats)
+        slow = median_time(lambda f=fn, a=inputs: torch.autograd.gradcheck(f, a), args.repeats)
         fast = median_time(
-            lambda: torch.autograd.gradcheck(fn, inputs, fast_mode=True), args.repeats
+            lambda f=fn, a=inputs: torch.autograd.gradcheck(f, a, fast_mode=True), args.repeats
         )
-        ours = median_time(lambda: run_case(case), args.repeats)
-        ours_fast = median_time(lambda: run_case(case, fast=True), args.repeats)
+        ours = median_time(lambda c=case: run_case(c), args.repeats)
+        ours_fast = median_time(lambda c=case: run_case(c, fast=True), args.repeats)
         result = run_case(case)
         assert result.passed, result.failure_text()
         print(

@@ -1,37 +1,45 @@
 #!/usr/bin/env bash
 # One script for a GPU machine: the CUDA-only tests, the GPU benchmarks, a compact table.
 #   bash bench/gpu_check.sh            (from the repo root; gradoctor need not be installed)
-# Writes logs and JSON under ${OUT:-bench/out}. Budget: ~6 minutes on one H100/H200.
+# Writes logs under ${OUT:-bench/out}. Sections are skipped once ${BUDGET_S:-360} s have passed,
+# most important first, so the script fits a short GPU lease.
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT="${OUT:-bench/out}"
+BUDGET_S="${BUDGET_S:-360}"
 mkdir -p "$OUT"
+section() {  # section NAME: false when the time budget is spent
+  if [ "$SECONDS" -gt "$BUDGET_S" ]; then echo "== $1: skipped (budget ${BUDGET_S}s spent)"; return 1; fi
+  echo "== $1  [t=${SECONDS}s]"
+}
 python -c "import torch; print('device:', torch.cuda.get_device_name(), '| torch', torch.__version__, '| CUDA', torch.version.cuda)"
 
-echo "== CUDA tests (pytest -m cuda)"
-timeout 240 python -m pytest -q -m cuda -p no:cacheprovider tests 2>&1 | tee "$OUT/cuda_tests.log" | tail -n 25
+section "CUDA tests (pytest -m cuda)" &&
+  timeout 200 python -m pytest -q -m cuda -p no:cacheprovider tests 2>&1 | tee "$OUT/cuda_tests.log" | tail -n 25
 
-echo "== shipped recipes on CUDA"
+section "overhead: plain loop vs gradoctor, interleaved (goal <= 1.03)" &&
+  timeout 150 python bench/overhead.py --gpu --rounds 6 --block 20 --warmup 10 --json "$OUT/overhead_gpu.json"
+
+section "shipped recipes on CUDA" &&
 for r in mlp cnn tiny_lm; do
   timeout 60 python -m gradoctor train "recipes/$r.yaml" -q train.device=cuda "output.dir=$OUT/runs/$r" >/dev/null 2>"$OUT/train_$r.err"
   python - "$OUT/runs/$r/report.json" "$r" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1])); m = d["memory"]; t = d["throughput"]
 mib = lambda b: f"{b / 2**20:.1f}" if isinstance(b, int) else "-"
+codes = ",".join(x["code"] for x in d["diagnoses"] if x["severity"] != "info") or "healthy"
 print(f"{sys.argv[2]:<8} {d['status']:<9} {d['precision']:<5} steps {d['steps_completed']:>4}  loss {d['history']['loss'][0]:.3f} -> {d['final_loss']:.3f}  "
-      f"{1000 * t['step_s']:.2f} ms/step  peak MiB fwd {mib(m['forward_peak'])} bwd {mib(m['backward_peak'])} opt {mib(m['optimizer_peak'])}  skipped {len(d['skipped_steps'])}")
+      f"{1000 * t['step_s']:.2f} ms/step  peak MiB fwd {mib(m['forward_peak'])} bwd {mib(m['backward_peak'])} opt {mib(m['optimizer_peak'])}  skipped {len(d['skipped_steps'])}  {codes}")
 PY
 done
 
-echo "== overhead: plain loop vs gradoctor, interleaved (goal <= 1.03)"
-timeout 200 python bench/overhead.py --gpu --rounds 6 --block 20 --warmup 10 --json "$OUT/overhead_gpu.json"
+section "NaN replay cost vs a normal step" &&
+  timeout 90 python bench/replay_cost.py --gpu 2>&1 | grep -v "^\s*$" | tail -n 4
 
-if [ -f bench/memory_accuracy.py ]; then
-  echo "== memory-profile: predicted vs measured peak (goal within 5%)"
-  timeout 150 python bench/memory_accuracy.py --json "$OUT/memory_accuracy.json"
-fi
-if [ -f bench/checkgrads_speed.py ]; then
-  echo "== check-grads speed"
+[ -f bench/memory_accuracy.py ] && section "memory-profile: predicted vs measured peak (goal within 5%)" &&
+  timeout 120 python bench/memory_accuracy.py 2>&1 | tail -n 40
+
+[ -f bench/checkgrads_speed.py ] && section "check-grads speed" &&
   timeout 60 python bench/checkgrads_speed.py 2>&1 | tail -n 12
-fi
+echo "== done in ${SECONDS}s"

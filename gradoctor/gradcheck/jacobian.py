@@ -119,6 +119,10 @@ def compare(
     return result
 
 
+def _eps(fn) -> float:
+    return max(EPS64, getattr(fn, "out_eps", EPS64))
+
+
 def _rel(a: torch.Tensor, n: torch.Tensor, floor: float) -> torch.Tensor:
     err = (a - n).abs() / (torch.maximum(a.abs(), n.abs()) + floor)
     return torch.nan_to_num(err, nan=float("inf"))
@@ -138,7 +142,7 @@ def _full(fn, x, f0, h, atol, rtol, gen, n_probes, context):
     eye = torch.eye(m, dtype=torch.float64)
     ja = torch.stack(fn.vjps(x, list(eye)))
     scale = float(jn.abs().max())
-    noise = 64 * EPS64 * float(f0.abs().max()) / h + 1e-300
+    noise = 64 * _eps(fn) * float(f0.abs().max()) / h + 1e-300
     tol = atol * scale + rtol * jn.abs() + noise
     bad = ~((ja - jn).abs() <= tol)
     rel = _rel(ja, jn, atol * scale + noise)
@@ -215,7 +219,7 @@ def _mismatch(fn, j, i, a, n_val, context) -> Mismatch:
 
 def _probes(fn, x, f0, h, atol, rtol, gen, n_probes, context):
     n, m = fn.n, fn.m
-    noise = 64 * EPS64 * float(f0.norm()) / h + 1e-300
+    noise = 64 * _eps(fn) * float(f0.norm()) / h + 1e-300
     result = Comparison(True, "probes")
     worst_tol = 0.0
     for _ in range(n_probes):

@@ -60,7 +60,7 @@ def cases_for(op: Any, max_samples: int = 2) -> Iterator[Case]:
             for i, t in zip(_pos, tensors):
                 filled[i] = t
             inp, args = pytree.tree_unflatten(filled, _spec)
-            return _s.output_process_fn_grad(op.gradcheck_wrapper(op, inp, *args, **_kw))
+            return _s.output_process_fn_grad(op.gradcheck_wrapper(op.get_op(), inp, *args, **_kw))
 
         yield Case(
             f"{op.name}{'.' + op.variant_test_name if op.variant_test_name else ''}[{k}]",

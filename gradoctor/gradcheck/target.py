@@ -77,10 +77,10 @@ def _convert(x: Any, dtype: torch.dtype, device: torch.device) -> Any:
 @contextlib.contextmanager
 def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
     """Tensors the user's code creates follow the reference dtype (float64 runs only)."""
-    if dtype is not torch.float64:
+    old = torch.get_default_dtype()
+    if dtype is not torch.float64 or old is dtype:
         yield
         return
-    old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         yield
@@ -89,6 +89,8 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 
 def _flatten_outputs(out: Any) -> tuple[list[torch.Tensor], list[str]]:
+    if isinstance(out, torch.Tensor):  # the common case, without pytree's cost
+        return ([out], ["out"]) if out.is_floating_point() else ([], [])
     leaves, spec = pytree.tree_flatten(out)
     paths = [p for p, _ in pytree.tree_flatten_with_path(out)[0]]
     tensors, names = [], []
@@ -269,6 +271,9 @@ class FlatFunction:
         self.out_shapes = [tuple(t.shape) for t in y]
         self.out_names = [n for n, k in zip(target.output_names, self.keep) if k]
         self.m = 0 if self.y0 is None else self.y0.numel()
+        # Rounding unit of the least precise output: differences of float32 outputs carry
+        # float32 noise, whatever the reference dtype.
+        self.out_eps = max((torch.finfo(t.dtype).eps for t in y), default=0.0)
 
     def _kept(self, outs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return [t for t, k in zip(outs, self.keep) if k]
@@ -281,8 +286,11 @@ class FlatFunction:
     def values_at(self, x: torch.Tensor, requires_grad: bool = False) -> list[torch.Tensor]:
         vals = list(self.base)
         dtype, device = self.target.dtype, self.target.device
+        same = dtype is torch.float64 and device.type == "cpu"
         for i, chunk in zip(self.use, torch.split(x, self.sizes)):
-            t = chunk.reshape(self.target.slots[i].shape).to(device=device, dtype=dtype)
+            t = chunk.view(self.target.slots[i].shape)
+            if not same:
+                t = t.to(device=device, dtype=dtype)
             vals[i] = t.detach().requires_grad_(requires_grad)
         return vals
 
@@ -302,7 +310,8 @@ class FlatFunction:
         chunks = torch.split(v, [t.numel() for t in outs])
         cots = []
         for t, c in zip(outs, chunks):
-            c = c.reshape(t.shape).to(device=t.device, dtype=t.dtype)
+            # A fresh copy each time: the engine may reuse a grad_output buffer in place.
+            c = c.reshape(t.shape).to(device=t.device, dtype=t.dtype, copy=True)
             cots.append(self.grad_layout(c) if self.grad_layout else c)
         return cots
 

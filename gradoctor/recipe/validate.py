@@ -131,7 +131,7 @@ COMPONENTS = {
     "optimizer": (True, 1),
     "scheduler": (False, 1),
 }
-TOP_KEYS = [*COMPONENTS, "precision", *SECTION_CHECKS]
+TOP_KEYS = [*COMPONENTS, "precision", *(k for k in SECTION_CHECKS if "." not in k)]
 
 
 def _did_you_mean(key: str, known: list[str]) -> str:

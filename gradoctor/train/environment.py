@@ -51,27 +51,22 @@ def seed_everything(seed: int) -> None:
 
 @contextmanager
 def deterministic_mode(enabled: bool) -> Iterator[None]:
-    """Opt-in deterministic algorithms for the run; the previous global settings are restored."""
+    """Opt-in deterministic algorithms for the run; the previous global settings are restored.
+
+    cuDNN flags go through ``torch.backends.cudnn.flags()`` (setting them directly raises once
+    ``torch.testing._internal`` has frozen them)."""
     if not enabled:
         yield
         return
-    previous = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.backends.cudnn.deterministic,
-        torch.backends.cudnn.benchmark,
-        os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-    )
+    previous = (torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
     try:
-        yield
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False, deterministic=True):
+            yield
     finally:
         torch.use_deterministic_algorithms(previous[0])
-        torch.backends.cudnn.deterministic = previous[1]
-        torch.backends.cudnn.benchmark = previous[2]
-        if previous[3] is None:
+        if previous[1] is None:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 

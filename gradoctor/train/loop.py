@@ -108,6 +108,7 @@ class Trainer:
         self.activations = ActivationSampler(self.model) if every_act else None
         self._grad_absmax: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
         self.guard = NonFiniteGuard(self)
+        self._oom_diagnosis: dict[str, Any] | None = None
         if resume is not None:
             self._restore(load_checkpoint(resume))
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -381,6 +382,7 @@ class Trainer:
                 ),
             )
         except torch.OutOfMemoryError as exc:
+            self._oom_diagnosis = self._explain_oom(exc)
             status, raised = (
                 "failed",
                 OutOfMemory(
@@ -414,7 +416,7 @@ class Trainer:
         result = self.result(
             status, str(raised) if raised and status == "failed" else None, duration
         )
-        result.diagnoses = self.diagnoses()
+        result.diagnoses = self.diagnoses() + ([self._oom_diagnosis] if self._oom_diagnosis else [])
         for i, d in enumerate(result.diagnoses):
             self.tb.text(
                 "diagnoses",
@@ -425,6 +427,18 @@ class Trainer:
         self.tb.close()
         self.reporter.on_end(result)
         return result
+
+    def _explain_oom(self, exc: BaseException) -> dict[str, Any] | None:
+        """The ``memory`` diagnosis for an OOM: breakdown and fixes from the memory planner."""
+        from gradoctor.memory.oom import oom_diagnosis
+
+        self.optimizer.zero_grad(set_to_none=True)  # give back what the failed step held
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        try:
+            return oom_diagnosis(self.model, self.recipe, self.device, exc, step=self.step_count + 1)
+        except Exception:  # never lose the report over the explanation
+            return None
 
     def diagnoses(self) -> list[dict[str, Any]]:
         """Run the triage rules over the history (host-side, at the end of the run)."""

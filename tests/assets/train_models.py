@@ -153,3 +153,17 @@ class NaNAtStep(nn.Module):
 
     def forward(self, x, y):
         return nn.functional.cross_entropy(self.lin(x), y) + self.s + self.gate(self.s)
+
+
+class OOMAtCall(Tiny):
+    """Tiny, but its forward raises ``torch.OutOfMemoryError`` on call ``at`` (a simulated OOM)."""
+
+    def __init__(self, at: int = 3):
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == self.at:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        return super().forward(x)

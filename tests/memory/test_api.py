@@ -10,7 +10,6 @@ from gradoctor.memory.measure import ProfileSession
 from tests.assets.memory.models import D, H
 from tests.memory.conftest import memory_recipe
 
-
 BUDGET = 20 * 1024  # the Stack's fp32 peak at batch 16 is ~21 KiB; checkpointing is needed
 
 
@@ -86,7 +85,9 @@ def test_nothing_fits_returns_the_smallest_configuration():
 
 def test_data_without_batch_size_is_measured_at_its_own_size_only():
     recipe = memory_recipe("TwoLayer", data={"_component_": memory_recipe()["data"]["_component_"]})
-    recipe["data"]["_component_"] = recipe["data"]["_component_"].replace(":data", ":fixed_size_data")
+    recipe["data"]["_component_"] = recipe["data"]["_component_"].replace(
+        ":data", ":fixed_size_data"
+    )
     p = gradoctor.memory_profile(recipe, batch_sizes="4,8")
     assert p.batch_sizes_measured == [16]
     assert {w.batch_size for w in p.what_if} == {16}

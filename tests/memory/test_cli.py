@@ -20,7 +20,16 @@ def test_memory_profile_prints_and_writes_json(tmp_path):
     out = tmp_path / "out" / "profile.json"
     result = runner.invoke(
         app,
-        ["memory-profile", str(path), "--batch-sizes", "8,16", "--budget", "20KiB", "--json", str(out)],
+        [
+            "memory-profile",
+            str(path),
+            "--batch-sizes",
+            "8,16",
+            "--budget",
+            "20KiB",
+            "--json",
+            str(out),
+        ],
         env={"COLUMNS": "140"},
     )
     assert result.exit_code == 0, result.output

@@ -116,7 +116,7 @@ def _check(ctx: CheckContext) -> CheckResult:
     )
     with _Spy(classes) as spy, torch.enable_grad(), target.rng():
         vals = fn.values_at(fn.x0, requires_grad=True)
-        outs = target.call(vals)
+        outs = fn._kept(target.call(vals))
         grads = fn._grads(outs, vals, v, retain=False)
     problems = list(dict.fromkeys(spy.problems))
     for slot, g, val in zip(target.slots, grads, vals):

@@ -1,0 +1,24 @@
+"""An out-of-memory error stops the run cleanly: exit 4, report with a memory diagnosis."""
+
+import json
+
+from typer.testing import CliRunner
+
+from gradoctor.cli import app
+from tests.conftest import MODELS, base_recipe
+
+
+def test_oom_exits_4_with_report_and_memory_diagnosis(tmp_path):
+    import yaml
+
+    recipe = base_recipe(tmp_path / "run", **{"model._component_": f"{MODELS}:OOMAtCall", "model.at": 3})
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    result = CliRunner().invoke(app, ["train", str(path), "-q"], env={"COLUMNS": "200"})
+    assert result.exit_code == 4, result.output
+    assert "out of memory" in result.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["status"] == "failed" and report["steps_completed"] == 2
+    (memory,) = [d for d in report["diagnoses"] if d["code"] == "memory"]
+    assert memory["severity"] == "error" and memory["fix"] and memory["steps"] == [3]
+    assert (tmp_path / "run").glob("events.out.tfevents.*")
