@@ -127,11 +127,22 @@ def _time_block(loop, steps, device):
     return (time.perf_counter() - start) / steps
 
 
-def bench_config(name, recipe_src, rounds, block, warmup, device_name, out_dir):
+ABLATIONS = {  # what each instrument costs: the default run without it (diagnostics overrides)
+    "default": {},
+    "no-snapshot": {"snapshot_every": 10**9},
+    "no-activations": {"activation_every": 0},
+    "no-histograms": {"histogram_every": 0},
+    "every-50": {"every": 50},
+}
+
+
+def bench_config(name, recipe_src, rounds, block, warmup, device_name, out_dir, diagnostics=None):
     overrides = {
         "train": {"steps": 10**9, "device": device_name},
         "output": {"dir": str(out_dir / name)},
     }
+    if diagnostics:
+        overrides["diagnostics"] = diagnostics
     recipe = load_recipe(recipe_src, overrides)
     device = pick_device(recipe.train.device)
     if isinstance(recipe_src, dict):
@@ -176,12 +187,23 @@ def main(argv=None):
     )
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    parser.add_argument("--ablate", default=None, help="one config: also time it without each instrument")
     args = parser.parse_args(argv)
     configs = GPU_CONFIGS if args.gpu else CPU_CONFIGS
     if args.configs:
         configs = {k: v for k, v in configs.items() if k in args.configs.split(",")}
     device = "cuda" if args.gpu else "cpu"
     rows = []
+    if args.ablate:
+        src = configs[args.ablate]
+        with tempfile.TemporaryDirectory() as tmp:
+            for label, diag in ABLATIONS.items():
+                block = max(args.block, 50) if "every" in diag else args.block
+                row = bench_config(args.ablate, src, args.rounds, block, args.warmup, device, Path(tmp), diag)
+                row["config"] = f"{args.ablate}:{label}"
+                rows.append(row)
+                print(_format(row), flush=True)
+        return rows
     with tempfile.TemporaryDirectory() as tmp:
         for name, src in configs.items():
             try:
@@ -203,7 +225,7 @@ def _format(row):
     goal = 1.03 if row["device"] != "cpu" else 1.05
     verdict = "ok" if row["ratio_median"] <= goal else "OVER"
     return (
-        f"{row['config']:<16} {row['device']:<22} {row['precision']:<5} plain {row['plain_ms']:8.2f} ms  "
+        f"{row['config']:<28} {row['device']:<22} {row['precision']:<5} plain {row['plain_ms']:8.2f} ms  "
         f"gradoctor {row['gradoctor_ms']:8.2f} ms  ratio {row['ratio_median']:.3f} "
         f"[{row['ratio_min']:.3f}..{row['ratio_max']:.3f}]  goal <= {goal} {verdict}"
     )

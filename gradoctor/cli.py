@@ -8,8 +8,8 @@ check-grads found a wrong gradient; 2 bad recipe or usage; 3 diagnoses at or abo
 from __future__ import annotations
 
 import json
-from enum import Enum
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 

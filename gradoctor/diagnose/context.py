@@ -53,8 +53,16 @@ class RunContext:
         skipped = set(self.history["skipped_steps"])
         return np.asarray([s in skipped for s in self.history["step"]], dtype=bool)
 
+    def module_steps(self) -> np.ndarray:
+        """The step of each row of ``module_norms()`` (log steps)."""
+        return np.asarray(self.history.get("module_norm_steps") or self.history["step"], dtype=np.int64)
+
+    def module_skipped(self) -> np.ndarray:
+        skipped = set(self.history["skipped_steps"])
+        return np.asarray([s in skipped for s in self.module_steps()], dtype=bool)
+
     def module_norms(self) -> np.ndarray:
-        """``[n_steps, n_modules]`` gradient norms (non-finite kept as inf/nan)."""
+        """``[n_rows, n_modules]`` gradient norms at the log steps (non-finite kept as inf/nan)."""
         rows = self.history["module_grad_norms"]
         return np.asarray([[_f(v) for v in row] for row in rows], dtype=np.float64).reshape(
             len(rows), -1

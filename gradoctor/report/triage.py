@@ -126,7 +126,7 @@ def gradient_flow(history: dict[str, Any], width: int = 48, max_rows: int = 24) 
     """Per-module gradient norm over the logged steps, log-scale colour blocks; × = NaN/Inf."""
     names = history.get("module_names") or []
     rows = history.get("module_grad_norms") or []
-    steps = history.get("step") or []
+    steps = history.get("module_norm_steps") or history.get("step") or []
     if not names or not rows:
         return None
     order = [n for n in history.get("forward_order", []) if n in names]

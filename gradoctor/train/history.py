@@ -27,6 +27,16 @@ def clean(value: Any) -> Any:
     return value
 
 
+MAX_STEP_POINTS = 50_000
+MAX_MODULE_ROWS = 2_000
+
+
+def _thin(n: int, cap: int) -> list[int]:
+    if n <= cap:
+        return list(range(n))
+    return sorted(set(np.linspace(0, n - 1, cap).round().astype(int).tolist()))
+
+
 @dataclass
 class History:
     """Everything the report needs, appended once per log interval (host memory only)."""
@@ -41,7 +51,10 @@ class History:
     overflow: list[dict[str, Any]] = field(
         default_factory=list
     )  # per skipped step: params with non-finite grads
-    module_norms: list[list[float]] = field(default_factory=list)  # [step][module]
+    module_norms: list[list[float]] = field(default_factory=list)  # [log step][module]
+    module_norm_steps: list[int] = field(default_factory=list)  # the step of each row above
+    module_max: list[float] = field(default_factory=list)  # [module], over every applied step
+    module_nonfinite: list[int] = field(default_factory=list)  # [module], steps with NaN/Inf
     update_ratio: dict[str, list[float]] = field(
         default_factory=dict
     )  # module -> ratios at log steps
@@ -62,8 +75,14 @@ class History:
     def truncate(self, last_step: int) -> None:
         """Forget every per-step record after ``last_step`` (a replay re-runs those steps)."""
         keep = sum(1 for s in self.steps if s <= last_step)
-        for name in ("steps", "loss", "lr", "loss_scale", "grad_norm_total", "module_norms"):
+        for name in ("steps", "loss", "lr", "loss_scale", "grad_norm_total"):
             setattr(self, name, getattr(self, name)[:keep])
+        rows = sum(1 for s in self.module_norm_steps if s <= last_step)
+        self.module_norms, self.module_norm_steps = self.module_norms[:rows], self.module_norm_steps[:rows]
+        kept = np.asarray(self.module_norms, dtype=np.float64).reshape(rows, len(self.modules))
+        with np.errstate(invalid="ignore"):  # per-step extremes of the dropped steps are gone: rebuild from rows
+            self.module_max = np.where(np.isfinite(kept), kept, -np.inf).max(axis=0, initial=-np.inf).tolist()
+        self.module_nonfinite = (~np.isfinite(kept)).sum(axis=0).tolist()
         self.skipped_steps = [s for s in self.skipped_steps if s <= last_step]
         self.overflow = [o for o in self.overflow if o["step"] <= last_step]
         n_upd = sum(1 for s in self.update_ratio_steps if s <= last_step)
@@ -73,33 +92,55 @@ class History:
         self.step_time_s, self.samples_per_s = self.step_time_s[:n_t], self.samples_per_s[:n_t]
         self.step_time_steps = self.step_time_steps[:n_t]
 
+    def add_module_norms(self, steps: list[int], rows: np.ndarray, applied: np.ndarray) -> None:
+        """One interval of per-module norms ``[n_steps, n_modules]``: keeps the last row, and the
+        running max (applied steps) and non-finite counts over every step. Host memory grows
+        by one row per log interval, not per step."""
+        if not self.module_max:
+            self.module_max = [-math.inf] * len(self.modules)
+            self.module_nonfinite = [0] * len(self.modules)
+        good = np.where(np.isfinite(rows) & applied[:, None], rows, -np.inf)
+        self.module_max = np.maximum(self.module_max, good.max(axis=0)).tolist()
+        self.module_nonfinite = (np.asarray(self.module_nonfinite) + (~np.isfinite(rows)).sum(axis=0)).tolist()
+        self.module_norms.append(rows[-1].tolist())
+        self.module_norm_steps.append(steps[-1])
+
     def grad_norm_summary(self) -> dict[str, dict[str, Any]]:
-        """Per module: last, max and median gradient norm over the steps that were not skipped."""
+        """Per module: last norm, max over every applied step, median over the log steps."""
         if not self.module_norms:
             return {}
         norms = np.asarray(self.module_norms, dtype=np.float64)
-        keep = np.asarray([s not in set(self.skipped_steps) for s in self.steps])
+        skipped = set(self.skipped_steps)
+        keep = np.asarray([s not in skipped for s in self.module_norm_steps])
         out = {}
         for j, name in enumerate(self.modules):
             col = norms[keep, j] if keep.any() else norms[:, j]
             finite = col[np.isfinite(col)]
+            peak = self.module_max[j] if j < len(self.module_max) else -math.inf
             out[name] = {
                 "last": float(norms[-1, j]),
-                "max": float(finite.max()) if finite.size else float("nan"),
+                "max": float(peak) if math.isfinite(peak) else float("nan"),
                 "median": float(np.median(finite)) if finite.size else float("nan"),
-                "nonfinite_steps": int((~np.isfinite(norms[:, j])).sum()),
+                "nonfinite_steps": int(self.module_nonfinite[j]) if j < len(self.module_nonfinite) else 0,
             }
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready. Long runs are thinned evenly (the last point kept): at most
+        ``MAX_STEP_POINTS`` per-step values and ``MAX_MODULE_ROWS`` per-module rows."""
+        at = _thin(len(self.steps), MAX_STEP_POINTS)
+        rows = _thin(len(self.module_norm_steps), MAX_MODULE_ROWS)
         return {
-            "step": self.steps,
-            "loss": self.loss,
-            "lr": self.lr,
-            "loss_scale": self.loss_scale,
-            "grad_norm_total": self.grad_norm_total,
+            "step": [self.steps[i] for i in at],
+            "loss": [self.loss[i] for i in at],
+            "lr": [self.lr[i] for i in at],
+            "loss_scale": [self.loss_scale[i] for i in at],
+            "grad_norm_total": [self.grad_norm_total[i] for i in at],
             "module_names": self.modules,
-            "module_grad_norms": self.module_norms,
+            "module_grad_norms": [self.module_norms[i] for i in rows],
+            "module_norm_steps": [self.module_norm_steps[i] for i in rows],
+            "module_max": self.module_max,
+            "module_nonfinite": self.module_nonfinite,
             "update_ratio_steps": self.update_ratio_steps,
             "update_ratio": self.update_ratio,
             "step_time_s": self.step_time_s,
@@ -138,6 +179,9 @@ class History:
         ):
             setattr(h, attr, data[key])
         for key in (
+            "module_norm_steps",
+            "module_max",
+            "module_nonfinite",
             "dropped_steps",
             "activation_steps",
             "dead_fraction",

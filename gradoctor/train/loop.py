@@ -54,7 +54,6 @@ from gradoctor.train.history import History
 from gradoctor.train.nonfinite import NonFiniteGuard, StopRun
 from gradoctor.train.precision import autocast, make_scaler, scale_tensor
 
-
 _NULL = contextlib.nullcontext()
 
 
@@ -288,7 +287,7 @@ class Trainer:
         h.grad_norm_total += np.sqrt(
             np.square(data.grad_norms.astype(np.float64)).sum(axis=1)
         ).tolist()
-        h.module_norms += module_norms.tolist()
+        h.add_module_norms(steps, module_norms, ~np.asarray(self._pending["skipped"], dtype=bool))
         for i, (step, skipped) in enumerate(zip(steps, self._pending["skipped"])):
             if skipped:
                 bad = [

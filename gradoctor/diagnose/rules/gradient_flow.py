@@ -19,7 +19,7 @@ def _rms(ctx: RunContext, order: list[str]) -> np.ndarray:
     norms = ctx.module_norms()
     cols = [names.index(n) for n in order]
     numel = np.asarray([max(ctx.modules[n].numel, 1) for n in order], dtype=np.float64)
-    keep = ~ctx.skipped_mask()
+    keep = ~ctx.module_skipped()
     return norms[keep][:, cols] / np.sqrt(numel)
 
 
@@ -63,6 +63,7 @@ def check(ctx: RunContext) -> list[Diagnosis]:
     rms = _second_half(_rms(ctx, order))
     if len(rms) < 2:
         return out
+    steps = ctx.module_steps()[~ctx.module_skipped()]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio_in_out = rms[:, 0] / rms[:, -1]
     # 2. growing toward the input
