@@ -11,10 +11,7 @@ module-level ``gradoctor_cases()`` may return more :class:`~gradoctor.gradcheck.
 from __future__ import annotations
 
 import difflib
-import hashlib
-import importlib.util
 import inspect
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,7 +20,7 @@ import torch
 
 from gradoctor.errors import UsageError
 from gradoctor.gradcheck.case import Case
-from gradoctor.recipe.components import user_frames
+from gradoctor.recipe.components import ResolveError, import_file, user_frames
 
 
 def _user_error(what: str, exc: BaseException, hint: str) -> UsageError:
@@ -36,21 +33,11 @@ def load_layer_file(path: str | Path) -> ModuleType:
     path = Path(path).resolve()
     if not path.is_file():
         raise UsageError(f"no such file: '{path}'", hint="pass the Python file with your layer")
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
-    name = f"gradoctor_layer.{path.stem}_{digest}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise UsageError(f"cannot import '{path}' as a Python file")
-    module = importlib.util.module_from_spec(spec)
-    if str(path.parent) not in sys.path:
-        sys.path.append(str(path.parent))
-    sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # the user's file raised while importing
-        sys.modules.pop(name, None)
-        raise _user_error(f"importing '{path.name}'", exc, "fix the error in your file") from exc
-    return module
+        return import_file(path, namespace="gradoctor_layer")
+    except ResolveError as exc:
+        message = exc.message + (f"\n{exc.user_traceback.rstrip()}" if exc.user_traceback else "")
+        raise UsageError(message, hint="fix the error in your file") from exc
 
 
 def _has_example_inputs(cls: type) -> bool:

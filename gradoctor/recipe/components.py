@@ -67,22 +67,20 @@ def _close(name: str, candidates: list[str]) -> str | None:
     return f"did you mean '{match[0]}'?" if match else None
 
 
-def _load_file_module(path: Path) -> Any:
+def import_file(path: Path, *, namespace: str = "gradoctor_user") -> Any:
+    """Import a Python file as a fresh module named ``namespace.<stem>_<hash>``.
+
+    The file's folder goes on ``sys.path`` so it can import its siblings. Raises
+    :class:`ResolveError` (with the user's own traceback when their code raised)."""
     path = path.resolve()
-    if path in _FILE_MODULES:
-        return _FILE_MODULES[path]
     if not path.is_file():
-        raise ResolveError(
-            f"file '{path}' does not exist",
-            hint="file paths in _component_ are relative to the recipe's folder",
-        )
+        raise ResolveError(f"file '{path}' does not exist")
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
-    name = f"gradoctor_user.{path.stem}_{digest}"
+    name = f"{namespace}.{path.stem}_{digest}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ResolveError(f"cannot import '{path}' as a Python file")
     module = importlib.util.module_from_spec(spec)
-    # The user's folder goes on sys.path so their file can import its siblings.
     if str(path.parent) not in sys.path:
         sys.path.append(str(path.parent))
     sys.modules[name] = module
@@ -95,8 +93,20 @@ def _load_file_module(path: Path) -> Any:
             hint="fix the error in your file (see its traceback)",
             user_traceback=user_frames(exc),
         ) from exc
-    _FILE_MODULES[path] = module
     return module
+
+
+def _load_file_module(path: Path) -> Any:
+    """A recipe's ``file.py``, imported once per process (model and data share its classes)."""
+    path = path.resolve()
+    if path not in _FILE_MODULES:
+        if not path.is_file():
+            raise ResolveError(
+                f"file '{path}' does not exist",
+                hint="file paths in _component_ are relative to the recipe's folder",
+            )
+        _FILE_MODULES[path] = import_file(path)
+    return _FILE_MODULES[path]
 
 
 def _import_module(name: str) -> Any | None:

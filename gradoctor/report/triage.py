@@ -122,7 +122,7 @@ def _evidence_line(evidence: dict[str, Any], limit: int = 6) -> str:
     return " · ".join(items)
 
 
-def gradient_flow(history: dict[str, Any], width: int = 48, max_rows: int = 24) -> Table | None:
+def gradient_flow(history: dict[str, Any], width: int = 48, max_rows: int = 24) -> Group | None:
     """Per-module gradient norm over the logged steps, log-scale colour blocks; × = NaN/Inf."""
     names = history.get("module_names") or []
     rows = history.get("module_grad_norms") or []
@@ -142,7 +142,8 @@ def gradient_flow(history: dict[str, Any], width: int = 48, max_rows: int = 24) 
     finite = logs[np.isfinite(logs)]
     lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     table = Table(
-        title=f"gradient flow (log10 |grad|: {lo:.1f} blue … {hi:.1f} red; · zero, × NaN/Inf)",
+        title="gradient flow",
+        title_justify="left",
         show_header=True,
         box=None,
         pad_edge=False,
@@ -163,7 +164,11 @@ def gradient_flow(history: dict[str, Any], width: int = 48, max_rows: int = 24) 
                 k = 0 if hi == lo else int((level - lo) / (hi - lo) * (len(HEAT) - 1) + 0.5)
                 line.append("█", style=HEAT[k])
         table.add_row(name, line)
-    return table
+    legend = Text(f"log10 |grad|: {lo:.1f} ", style="dim")
+    for color in HEAT:
+        legend.append("█", style=color)
+    legend.append(f" {hi:.1f}   · zero   × NaN/Inf", style="dim")
+    return Group(table, legend)
 
 
 def loss_and_scale(data: dict[str, Any], width: int = 60) -> Table:
