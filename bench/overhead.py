@@ -187,7 +187,9 @@ def main(argv=None):
     )
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
-    parser.add_argument("--ablate", default=None, help="one config: also time it without each instrument")
+    parser.add_argument(
+        "--ablate", default=None, help="one config: also time it without each instrument"
+    )
     args = parser.parse_args(argv)
     configs = GPU_CONFIGS if args.gpu else CPU_CONFIGS
     if args.configs:
@@ -199,7 +201,9 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as tmp:
             for label, diag in ABLATIONS.items():
                 block = max(args.block, 50) if "every" in diag else args.block
-                row = bench_config(args.ablate, src, args.rounds, block, args.warmup, device, Path(tmp), diag)
+                row = bench_config(
+                    args.ablate, src, args.rounds, block, args.warmup, device, Path(tmp), diag
+                )
                 row["config"] = f"{args.ablate}:{label}"
                 rows.append(row)
                 print(_format(row), flush=True)

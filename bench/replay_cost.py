@@ -37,8 +37,14 @@ def _sync(device):
 
 
 def measure(name, src, device_name, out_dir):
-    recipe = load_recipe(src, {"train": {"steps": 10**9, "device": device_name}, "output": {"dir": str(out_dir / name)},
-                               "diagnostics": {"every": 10, "snapshot_every": 10}})
+    recipe = load_recipe(
+        src,
+        {
+            "train": {"steps": 10**9, "device": device_name},
+            "output": {"dir": str(out_dir / name)},
+            "diagnostics": {"every": 10, "snapshot_every": 10},
+        },
+    )
     if isinstance(src, dict) and recipe.data.target.endswith((":tokens", ":images")):
         recipe.data.kwargs["device"] = device_name
     t = Trainer(recipe)
@@ -61,8 +67,13 @@ def measure(name, src, device_name, out_dir):
     _sync(t.device)
     total = time.perf_counter() - start
     t.tb.close()
-    return {"config": name, "step_ms": 1000 * step_s, "watched_step_x": finding.replay_s / step_s,
-            "replay_total_x": total / step_s, "rerun_steps": bad - 1 - 10}
+    return {
+        "config": name,
+        "step_ms": 1000 * step_s,
+        "watched_step_x": finding.replay_s / step_s,
+        "replay_total_x": total / step_s,
+        "rerun_steps": bad - 1 - 10,
+    }
 
 
 def main(argv=None):
@@ -74,8 +85,11 @@ def main(argv=None):
         for name, src in configs.items():
             try:
                 r = measure(name, src, device, Path(tmp))
-                print(f"{r['config']:<16} step {r['step_ms']:8.2f} ms  watched replay step {r['watched_step_x']:6.1f}x  "
-                      f"whole replay (restore + {r['rerun_steps']} re-run steps + watched) {r['replay_total_x']:6.1f}x", flush=True)
+                print(
+                    f"{r['config']:<16} step {r['step_ms']:8.2f} ms  watched replay step {r['watched_step_x']:6.1f}x  "
+                    f"whole replay (restore + {r['rerun_steps']} re-run steps + watched) {r['replay_total_x']:6.1f}x",
+                    flush=True,
+                )
             except Exception as exc:
                 print(f"{name:<16} ERROR {type(exc).__name__}: {exc}", flush=True)
 

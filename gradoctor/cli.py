@@ -61,8 +61,30 @@ def train(
     fail_on: Annotated[
         FailOn, typer.Option(help="Exit 3 when diagnoses at or above this severity exist (for CI).")
     ] = FailOn.never,
+    nproc_per_node: Annotated[
+        int | None,
+        typer.Option(
+            help="Train on N local processes through torchrun (DDP unless the recipe says fsdp)."
+        ),
+    ] = None,
 ) -> None:
     """Train a recipe with instruments; writes report.json, TensorBoard events and a checkpoint."""
+    if nproc_per_node is not None:
+        from gradoctor.distributed.launch import launch
+
+        code = _run(
+            lambda: launch(
+                recipe,
+                nproc_per_node,
+                overrides or [],
+                resume=resume,
+                quiet=quiet,
+                fail_on=fail_on.value,
+            )
+        )
+        if code:
+            raise typer.Exit(code)
+        return
     from gradoctor.api import train as train_api
     from gradoctor.diagnose.types import at_or_above
     from gradoctor.report.base import Reporter

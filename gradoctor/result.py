@@ -42,6 +42,7 @@ class TrainResult:
     throughput: dict[str, Any] = field(default_factory=dict)
     history: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    distributed: dict[str, Any] | None = None  # world size, per-rank memory, first non-finite rank
     model: Any = field(default=None, repr=False, compare=False)  # the trained model (not in JSON)
 
     def to_dict(self) -> dict[str, Any]:

@@ -31,7 +31,9 @@ class DeadReLU(nn.Module):
     """A hidden layer whose bias starts at -10: its ReLU (``act``) outputs 0 for nearly every
     input and unit, and no gradient ever revives it -> ``dead_units`` at ``act``."""
 
-    def __init__(self, in_features: int = 20, width: int = 64, n_classes: int = 4, bias: float = -10.0):
+    def __init__(
+        self, in_features: int = 20, width: int = 64, n_classes: int = 4, bias: float = -10.0
+    ):
         super().__init__()
         self.inp = nn.Linear(in_features, width)
         self.hidden = nn.Linear(width, width)
@@ -49,7 +51,9 @@ class LargeActivations(nn.Module):
     step overflows in ``inp``'s matmul and the loss scaler keeps backing off ->
     ``loss_scale_collapse`` (and ``nonfinite_origin`` at ``inp``)."""
 
-    def __init__(self, in_features: int = 20, width: int = 64, n_classes: int = 4, input_scale: float = 3.0e4):
+    def __init__(
+        self, in_features: int = 20, width: int = 64, n_classes: int = 4, input_scale: float = 3.0e4
+    ):
         super().__init__()
         self.input_scale = input_scale
         self.inp = nn.Linear(in_features, width)
@@ -75,7 +79,9 @@ class NaNInside(nn.Module):
 
     def __init__(self, in_features: int = 20, width: int = 32, n_classes: int = 4):
         super().__init__()
-        self.body = nn.Sequential(nn.Linear(in_features, width), nn.ReLU(inplace=True), nn.Linear(width, width))
+        self.body = nn.Sequential(
+            nn.Linear(in_features, width), nn.ReLU(inplace=True), nn.Linear(width, width)
+        )
         self.energy = LogEnergy()
         self.head = nn.Linear(width + 1, n_classes)
 

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+ROOT_DIR = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).parent / "assets"
 MODELS = ASSETS / "train_models.py"
 

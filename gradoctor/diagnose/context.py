@@ -55,7 +55,9 @@ class RunContext:
 
     def module_steps(self) -> np.ndarray:
         """The step of each row of ``module_norms()`` (log steps)."""
-        return np.asarray(self.history.get("module_norm_steps") or self.history["step"], dtype=np.int64)
+        return np.asarray(
+            self.history.get("module_norm_steps") or self.history["step"], dtype=np.int64
+        )
 
     def module_skipped(self) -> np.ndarray:
         skipped = set(self.history["skipped_steps"])

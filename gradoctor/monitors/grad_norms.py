@@ -14,6 +14,14 @@ import numpy as np
 import torch
 
 
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP ``DTensor`` (a view, no communication); else ``t``.
+
+    Under FSDP every norm here is a norm of the local shard; the squares are summed over
+    ranks once per log interval (``gradoctor.distributed.aggregate``)."""
+    return t._local_tensor if hasattr(t, "_local_tensor") else t
+
+
 class ParamIndex:
     """The trainable parameters, their names, their owning modules and their foreach groups.
 
@@ -81,7 +89,7 @@ class GradNormRecorder:
 
     def _grads(self, k: int) -> list[torch.Tensor]:
         zero = self._zeros[k]
-        return [p.grad if p.grad is not None else zero for p in self._group_params[k]]
+        return [local_tensor(p.grad) if p.grad is not None else zero for p in self._group_params[k]]
 
     def record(self) -> torch.Tensor:
         """``[n_params]`` float32 on the training device, in ``index.order``; a missing grad is 0."""
@@ -104,13 +112,13 @@ class GradNormRecorder:
         """Scale every gradient by ``min(1, max_norm / (total + 1e-6))`` (clip_grad_norm_'s rule)."""
         coef = (max_norm / (torch.linalg.vector_norm(norms) + 1e-6)).clamp(max=1.0)
         for params in self._group_params:
-            grads = [p.grad for p in params if p.grad is not None]
+            grads = [local_tensor(p.grad) for p in params if p.grad is not None]
             if grads:
                 torch._foreach_mul_(grads, coef.to(grads[0].device))
 
     def before_update(self) -> None:
         """Keep a copy of the parameters (log steps only: costs one parameter-sized buffer)."""
-        self._before = [p.detach().clone() for p in self.index.params]
+        self._before = [local_tensor(p.detach()).clone() for p in self.index.params]
 
     def after_update(self) -> torch.Tensor | None:
         """``[2, n_params]`` (||p_new - p_old||, ||p_new||) in ``index.order``, or None."""
@@ -118,7 +126,7 @@ class GradNormRecorder:
             return None
         rows = []
         for idx in self.index.groups:
-            new = [self.index.params[i].detach() for i in idx]
+            new = [local_tensor(self.index.params[i].detach()) for i in idx]
             old = [self._before[i] for i in idx]
             upd = torch.stack(torch._foreach_norm(torch._foreach_sub(new, old)))
             par = torch.stack(torch._foreach_norm(new))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gradoctor.monitors.grad_norms import ParamIndex
+from gradoctor.monitors.grad_norms import ParamIndex, local_tensor
 
 
 class GradHistograms:
@@ -34,7 +34,9 @@ class GradHistograms:
         pieces, names, sizes = [], [], []
         for name, members in zip(self.index.modules, self._by_module):
             grads = [
-                self.index.params[i].grad for i in members if self.index.params[i].grad is not None
+                local_tensor(self.index.params[i].grad)  # FSDP: this rank's shard
+                for i in members
+                if self.index.params[i].grad is not None
             ]
             if not grads:
                 continue

@@ -6,6 +6,7 @@ stacks them and makes the interval's only device->host copy (the one host sync).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,13 +17,15 @@ import torch
 class IntervalData:
     """Host copy of one interval: ``loss``/``scale`` ``[n_steps]``, ``grad_norms``
     ``[n_steps, n_params]`` (parameter order), ``update_norms``/``param_norms`` ``[n_params]``
-    for the interval's last step (zeros when not measured)."""
+    for the interval's last step (zeros when not measured); ``extra``: what a distributed
+    ``reduce`` gathered (per-rank slots), else None."""
 
     loss: np.ndarray
     scale: np.ndarray
     grad_norms: np.ndarray
     update_norms: np.ndarray
     param_norms: np.ndarray
+    extra: np.ndarray | None = None
 
 
 class IntervalCollector:
@@ -50,15 +53,27 @@ class IntervalCollector:
         """Drop what was appended since the last flush."""
         self.loss, self.scale, self.norms, self.update = [], [], [], None
 
-    def flush(self) -> IntervalData:
-        """One device->host transfer for the whole interval (syncs), then reset."""
+    def flush(self, reduce: Callable[..., tuple] | None = None) -> IntervalData:
+        """One device->host transfer for the whole interval (syncs), then reset.
+
+        ``reduce`` (distributed runs): ``(loss [n], norms [n, p], scale [n] | None, update
+        [2, p] | None) -> (the same reduced over ranks, extra [k])``, called on the device
+        tensors just before the transfer so its collective rides on the same sync."""
         n = self.used
-        parts = [torch.stack(self.loss).float().reshape(-1), torch.stack(self.norms).reshape(-1)]
-        if self.scale:
-            parts.append(torch.stack(self.scale).float().reshape(-1))
-        if self.update is not None:
-            parts.append(self.update.reshape(-1))
-        host = torch.cat([p.to(self.device) for p in parts]).cpu().numpy().astype(np.float64)
+        loss, norms = torch.stack(self.loss).float().reshape(-1), torch.stack(self.norms)
+        scale = torch.stack(self.scale).float().reshape(-1) if self.scale else None
+        update, extra = self.update, None
+        if reduce is not None:
+            loss, norms, scale, update, extra = reduce(loss, norms, scale, update)
+        parts = [loss, norms.reshape(-1)]
+        if scale is not None:
+            parts.append(scale)
+        if update is not None:
+            parts.append(update.reshape(-1))
+        if extra is not None:
+            parts.append(extra)
+        # float64 on the way out: exact for the float32 statistics and for byte counts.
+        host = torch.cat([p.to(self.device, torch.float64) for p in parts]).cpu().numpy()
         p = self.n_params
         loss, rest = host[:n], host[n:]
         norms, rest = rest[: n * p].reshape(n, p)[:, self.unpermute], rest[n * p :]
@@ -66,9 +81,9 @@ class IntervalCollector:
             scale, rest = rest[:n], rest[n:]
         else:
             scale = np.ones(n)
-        if self.update is not None:
-            upd = rest.reshape(2, p)[:, self.unpermute]
+        if update is not None:
+            upd, rest = rest[: 2 * p].reshape(2, p)[:, self.unpermute], rest[2 * p :]
         else:
             upd = np.zeros((2, p))
         self.loss, self.scale, self.norms, self.update = [], [], [], None
-        return IntervalData(loss, scale, norms, upd[0], upd[1])
+        return IntervalData(loss, scale, norms, upd[0], upd[1], rest if extra is not None else None)

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from gradoctor.monitors.grad_norms import local_tensor
+
 PHASES = ("forward", "backward", "optimizer")
 _NULL = contextlib.nullcontext()
 
@@ -24,6 +26,7 @@ _NULL = contextlib.nullcontext()
 def tensor_bytes(tensors: Any) -> int:
     total, seen = 0, set()
     for t in tensors:
+        t = local_tensor(t) if isinstance(t, torch.Tensor) else t  # FSDP: this rank's shard
         if isinstance(t, torch.Tensor) and t.device.type != "meta":
             key = (t.device, t.untyped_storage().data_ptr())
             if key not in seen:
@@ -44,7 +47,7 @@ class MemoryMonitor:
         self.device = device
         self.cuda = device.type == "cuda"
         self.params = params
-        self._param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+        self._param_ptrs = {local_tensor(p).untyped_storage().data_ptr() for p in params}
         self._param_bytes = tensor_bytes(params)
         self._device_total = (
             torch.cuda.get_device_properties(device).total_memory if self.cuda else None

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+STRATEGIES = ("ddp", "fsdp")
+BACKENDS = ("auto", "nccl", "gloo")
 
 
 @dataclass
@@ -81,6 +83,14 @@ class OutputConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Multi-process training under torchrun (see docs/distributed.md)."""
+
+    strategy: str = "ddp"  # ddp (DistributedDataParallel) | fsdp (fully_shard, FSDP2)
+    backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU | nccl | gloo
+
+
+@dataclass
 class Recipe:
     """A validated recipe. ``raw`` is the resolved mapping saved as ``recipe.yaml``."""
 
@@ -94,6 +104,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    distributed: DistributedConfig | None = None  # None: single process unless under torchrun
     name: str = "recipe"  # file stem, used for {recipe} in output.dir
     base_dir: Path = field(default_factory=Path.cwd)  # where 'file.py:Symbol' paths start
     raw: dict[str, Any] = field(default_factory=dict)
@@ -113,4 +124,6 @@ class Recipe:
             out["grad_scaler"] = asdict(self.grad_scaler)
         for key in ("train", "diagnostics", "output"):
             out[key] = asdict(getattr(self, key))
+        if self.distributed is not None:
+            out["distributed"] = asdict(self.distributed)
         return out

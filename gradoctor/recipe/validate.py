@@ -18,9 +18,12 @@ from typing import Any
 from gradoctor.errors import RecipeError, RecipeProblem
 from gradoctor.recipe.components import ResolveError, check_kwargs, resolve_target
 from gradoctor.recipe.schema import (
+    BACKENDS,
     PRECISIONS,
+    STRATEGIES,
     ComponentSpec,
     DiagnosticsConfig,
+    DistributedConfig,
     GradScalerConfig,
     OutputConfig,
     Recipe,
@@ -113,6 +116,10 @@ SECTION_CHECKS: dict[str, tuple[type, dict[str, Check]]] = {
     ),
     "output": (OutputConfig, {"dir": string, "tensorboard": boolean}),
     "diagnostics.thresholds": (Thresholds, {f.name: positive_number for f in fields(Thresholds)}),
+    "distributed": (
+        DistributedConfig,
+        {"strategy": one_of(*STRATEGIES), "backend": one_of(*BACKENDS)},
+    ),
     "grad_scaler": (
         GradScalerConfig,
         {
@@ -225,6 +232,24 @@ def _section(data: dict, key: str, out: _Collector) -> Any:
     return cls(**values)
 
 
+def _check_distributed(
+    dist: DistributedConfig, train: TrainConfig, precision: Any, out: _Collector
+) -> None:
+    """Combinations the distributed path does not support, each with what to do instead."""
+    if dist.backend == "nccl" and train.device == "cpu":
+        out.add(
+            "distributed.backend",
+            "nccl needs CUDA but train.device is cpu",
+            hint="use backend: auto (gloo on CPU) or train.device: cuda",
+        )
+    if dist.strategy == "fsdp" and precision == "fp16":
+        out.add(
+            "distributed.strategy",
+            "fsdp with precision fp16 is not supported (the loss scaler's overflow check would see only this rank's gradient shards)",
+            hint="use precision: bf16 with fsdp, or strategy: ddp for fp16",
+        )
+
+
 def build_recipe(
     data: dict[str, Any],
     *,
@@ -264,6 +289,10 @@ def build_recipe(
             "precision", f"invalid value {precision!r}", hint="accepted: " + " | ".join(PRECISIONS)
         )
     sections = {key: _section(data, key, out) for key in SECTION_CHECKS if "." not in key}
+    if data.get("distributed") is None:
+        sections["distributed"] = None  # absent: single process (or ddp when under torchrun)
+    else:
+        _check_distributed(sections["distributed"], sections["train"], precision, out)
     if out.problems:
         raise RecipeError(out.problems, source=source)
     recipe = Recipe(

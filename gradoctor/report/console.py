@@ -143,6 +143,24 @@ def render_summary(result: TrainResult, console: Console) -> None:
             "memory (tracked)",
             f"params {format_bytes(mem['params'])} · grads {format_bytes(mem['grads'])} · optimizer {format_bytes(mem['optimizer_state'])} · saved for backward {format_bytes(mem['saved_for_backward'])} · RSS peak {format_bytes(mem['rss_peak'])}",
         )
+    dist = data.get("distributed")
+    if dist:  # per-rank memory and the rank that first saw a non-finite value
+        peaks = " · ".join(
+            f"r{m['rank']} {format_bytes(m['device_peak'] if m['device_peak'] is not None else m['rss_peak'])}"
+            for m in dist["memory_per_rank"]
+        )
+        table.add_row(
+            f"{dist['strategy']} × {dist['world_size']} ({dist['backend']})",
+            f"memory per rank ({'device peak' if dist['memory_per_rank'][0]['device_peak'] is not None else 'RSS peak'}): {peaks}",
+        )
+        first = dist.get("first_nonfinite")
+        if first:
+            table.add_row(
+                "first non-finite",
+                f"step {first['step']} ({first['reason']}) on rank(s) {', '.join(map(str, first['ranks'])) or 'all'}",
+            )
+        for warning in dist.get("warnings", []):
+            table.add_row("distributed warning", warning)
     speed = data["throughput"]
     if speed.get("step_s"):
         table.add_row(

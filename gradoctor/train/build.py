@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +34,15 @@ def _resolve(spec: ComponentSpec, recipe: Recipe) -> Any:
         ) from exc
 
 
-def build_components(recipe: Recipe, device: torch.device) -> Components:
-    """Construct everything in a fixed order (model first, so seeded init is reproducible)."""
+def build_components(
+    recipe: Recipe,
+    device: torch.device,
+    shard: Callable[[torch.nn.Module], None] | None = None,
+) -> Components:
+    """Construct everything in a fixed order (model first, so seeded init is reproducible).
+
+    ``shard`` (FSDP) transforms the model in place before the optimizer is created, so the
+    optimizer holds the sharded parameters."""
     model = call_user(
         _resolve(recipe.model, recipe), what=f"model '{recipe.model.target}'", **recipe.model.kwargs
     )
@@ -48,6 +56,8 @@ def build_components(recipe: Recipe, device: torch.device) -> Components:
         raise UserCodeError(
             "the model has no trainable parameters", hint="check requires_grad on your parameters"
         )
+    if shard is not None:
+        shard(model)
     data = call_user(
         _resolve(recipe.data, recipe), what=f"data '{recipe.data.target}'", **recipe.data.kwargs
     )

@@ -25,6 +25,8 @@ class DataStream:
                 hint="return a DataLoader or any re-iterable collection of batches",
             )
         self.data = data
+        # A DistributedSampler (ours or the user's) reshuffles only when told the epoch.
+        self._set_epoch = getattr(getattr(data, "sampler", None), "set_epoch", None)
         self.epoch = 0
         self.index = 0  # batches consumed in the current epoch
         self._epoch_rng: dict[str, Any] | None = None
@@ -33,6 +35,8 @@ class DataStream:
     def next(self) -> Any:
         if self._it is None:
             self._epoch_rng = capture_rng()
+            if self._set_epoch is not None:
+                self._set_epoch(self.epoch)
             self._it = iter(self.data)
             self.index = 0
         try:
@@ -54,11 +58,14 @@ class DataStream:
     def restore(self, state: dict[str, Any]) -> None:
         """Rebuild the iterator at ``state``'s position; the global RNG is left as it was."""
         self.epoch = state["epoch"]
-        if state["epoch_rng"] is None:
+        if state["epoch_rng"] is None:  # taken before the first batch: start the epoch afresh
+            self._it, self.index, self._epoch_rng = None, 0, None
             return
         current = capture_rng()
         restore_rng(state["epoch_rng"])
         self._epoch_rng = state["epoch_rng"]
+        if self._set_epoch is not None:
+            self._set_epoch(self.epoch)
         self._it = iter(self.data)
         for _ in range(state["index"]):
             next(self._it)

@@ -78,10 +78,17 @@ class History:
         for name in ("steps", "loss", "lr", "loss_scale", "grad_norm_total"):
             setattr(self, name, getattr(self, name)[:keep])
         rows = sum(1 for s in self.module_norm_steps if s <= last_step)
-        self.module_norms, self.module_norm_steps = self.module_norms[:rows], self.module_norm_steps[:rows]
+        self.module_norms, self.module_norm_steps = (
+            self.module_norms[:rows],
+            self.module_norm_steps[:rows],
+        )
         kept = np.asarray(self.module_norms, dtype=np.float64).reshape(rows, len(self.modules))
-        with np.errstate(invalid="ignore"):  # per-step extremes of the dropped steps are gone: rebuild from rows
-            self.module_max = np.where(np.isfinite(kept), kept, -np.inf).max(axis=0, initial=-np.inf).tolist()
+        with np.errstate(
+            invalid="ignore"
+        ):  # per-step extremes of the dropped steps are gone: rebuild from rows
+            self.module_max = (
+                np.where(np.isfinite(kept), kept, -np.inf).max(axis=0, initial=-np.inf).tolist()
+            )
         self.module_nonfinite = (~np.isfinite(kept)).sum(axis=0).tolist()
         self.skipped_steps = [s for s in self.skipped_steps if s <= last_step]
         self.overflow = [o for o in self.overflow if o["step"] <= last_step]
@@ -101,7 +108,9 @@ class History:
             self.module_nonfinite = [0] * len(self.modules)
         good = np.where(np.isfinite(rows) & applied[:, None], rows, -np.inf)
         self.module_max = np.maximum(self.module_max, good.max(axis=0)).tolist()
-        self.module_nonfinite = (np.asarray(self.module_nonfinite) + (~np.isfinite(rows)).sum(axis=0)).tolist()
+        self.module_nonfinite = (
+            np.asarray(self.module_nonfinite) + (~np.isfinite(rows)).sum(axis=0)
+        ).tolist()
         self.module_norms.append(rows[-1].tolist())
         self.module_norm_steps.append(steps[-1])
 
@@ -121,7 +130,9 @@ class History:
                 "last": float(norms[-1, j]),
                 "max": float(peak) if math.isfinite(peak) else float("nan"),
                 "median": float(np.median(finite)) if finite.size else float("nan"),
-                "nonfinite_steps": int(self.module_nonfinite[j]) if j < len(self.module_nonfinite) else 0,
+                "nonfinite_steps": int(self.module_nonfinite[j])
+                if j < len(self.module_nonfinite)
+                else 0,
             }
         return out
 

@@ -26,12 +26,23 @@ import yaml
 import gradoctor
 from gradoctor.diagnose.context import RunContext, module_infos
 from gradoctor.diagnose.engine import diagnose
+from gradoctor.distributed.aggregate import IntervalReducer, RankLedger, any_rank, global_norms
+from gradoctor.distributed.context import setup_distributed
+from gradoctor.distributed.failure import post_failure, read_failure, sigterm_as_interrupt
+from gradoctor.distributed.sampler import distribute_data
+from gradoctor.distributed.wrap import (
+    full_state_dicts,
+    load_full_state_dicts,
+    no_sync,
+    shard_fsdp,
+    wrap_ddp,
+)
 from gradoctor.errors import GradoctorError, OutOfMemory, TrainingInterrupted, UserCodeError
 from gradoctor.monitors.activations import ActivationSampler
 from gradoctor.monitors.grad_norms import GradNormRecorder, ParamIndex
 from gradoctor.monitors.histograms import GradHistograms
 from gradoctor.monitors.interval import IntervalCollector, IntervalData
-from gradoctor.monitors.memory import MemoryMonitor
+from gradoctor.monitors.memory import MemoryMonitor, _rss_peak
 from gradoctor.recipe.components import user_frames
 from gradoctor.recipe.schema import Recipe
 from gradoctor.report.base import Reporter
@@ -66,18 +77,34 @@ class Trainer:
         self.recipe = recipe
         self.reporter = reporter or Reporter()
         self.out_dir = recipe.output_dir()
-        self.device = pick_device(recipe.train.device)
+        # Distributed (torchrun, or a `distributed:` block): this rank's context, else None.
+        self.dist = setup_distributed(recipe.distributed, recipe.train.device)
+        self.main = self.dist is None or self.dist.is_main  # rank 0 writes every output
+        self.fsdp = self.dist is not None and self.dist.strategy == "fsdp"
+        if not self.main:
+            self.reporter = Reporter()  # progress and the report come from rank 0 only
+        self.device = self.dist.device if self.dist else pick_device(recipe.train.device)
         self.every = recipe.diagnostics.every
         seed_everything(recipe.train.seed)
-        parts = build_components(recipe, self.device)
+        parts = build_components(recipe, self.device, shard=self._shard if self.fsdp else None)
         self.model, self.optimizer, self.scheduler, self.loss_fn = (
             parts.model,
             parts.optimizer,
             parts.scheduler,
             parts.loss_fn,
         )
-        self.data = DataStream(parts.data)
+        data = parts.data
+        if self.dist is not None:
+            data = distribute_data(data, self.dist, recipe.train.seed)
+        self.data = DataStream(data)
         self._undo_checkpointing = apply_checkpointing(self.model, recipe.train.checkpoint)
+        # The training forward goes through DDP; instruments, state dicts and the replay
+        # use the unwrapped module (`self.model`). FSDP2 shards `self.model` in place.
+        self.train_model = (
+            wrap_ddp(self.model, self.device)
+            if self.dist is not None and self.dist.strategy == "ddp"
+            else self.model
+        )
         self.scaler = make_scaler(recipe.precision, self.device, recipe.grad_scaler)
         self.index = ParamIndex(self.model)
         self.norms = GradNormRecorder(self.index, self.device)
@@ -107,14 +134,21 @@ class Trainer:
         self.activations = ActivationSampler(self.model) if every_act else None
         self._grad_absmax: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
         self.guard = NonFiniteGuard(self)
+        self.guard.can_replay = not self.fsdp  # FSDP: non-finite steps reported, not replayed
+        self.ledger = RankLedger(self.dist) if self.dist is not None else None
+        self._reduce = IntervalReducer(self.dist, self._rank_stats) if self.dist else None
+        self._dist_broken = False  # a rank failed: no more collectives
+        self._agreed_stop = False
+        self._finishing = False
         self._oom_diagnosis: dict[str, Any] | None = None
         if resume is not None:
             self._restore(load_checkpoint(resume))
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.start_step == 0:  # a fresh run replaces the events of an earlier run in this folder
+        if self.main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.start_step == 0 and self.main:  # a fresh run replaces earlier events here
             for old in self.out_dir.glob("events.out.tfevents.*"):
                 old.unlink()
-        self.tb = TensorBoardSink(self.out_dir, enabled=recipe.output.tensorboard)
+        self.tb = TensorBoardSink(self.out_dir, enabled=recipe.output.tensorboard and self.main)
 
     # ---- one optimizer step -------------------------------------------------------------
     def _on_optimizer_step(self, *_: Any) -> None:
@@ -130,22 +164,25 @@ class Trainer:
         act = self._activation_step(step) and not self.quiet
         loss_sum: torch.Tensor | None = None
         samples = 0
-        for _ in range(cfg.accum_steps):
+        for micro in range(cfg.accum_steps):
             batch = to_device(self.data.next(), self.device)
             samples += batch_size(batch)
-            with self.memory.phase("forward", sampled), self.memory.saved_tensors(sampled):
-                with autocast(self.recipe.precision, self.device), self._act_hooks(act):
-                    loss = compute_loss(self.model, batch, self.loss_fn)
-            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
-            with self.memory.phase("backward", sampled):
-                self.scaler.scale(
-                    loss / cfg.accum_steps if cfg.accum_steps > 1 else loss
-                ).backward()
+            with self._no_sync(last=micro == cfg.accum_steps - 1):
+                with self.memory.phase("forward", sampled), self.memory.saved_tensors(sampled):
+                    with autocast(self.recipe.precision, self.device), self._act_hooks(act):
+                        loss = compute_loss(self.train_model, batch, self.loss_fn)
+                loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+                with self.memory.phase("backward", sampled):
+                    self.scaler.scale(
+                        loss / cfg.accum_steps if cfg.accum_steps > 1 else loss
+                    ).backward()
         with self.memory.phase("optimizer", sampled):
             self.scaler.unscale_(self.optimizer)  # gradients are unscaled from here on
             norms = self.norms.record()
             if cfg.clip_grad_norm is not None:
-                self.norms.clip(norms, cfg.clip_grad_norm)
+                # FSDP: `norms` are the local shards'; clipping needs the full norms
+                # (one all_reduce of n_params floats per step, only when clipping).
+                self.norms.clip(global_norms(norms) if self.fsdp else norms, cfg.clip_grad_norm)
             if not self.quiet:
                 self._maybe_histograms(step)
             if act:  # per-parameter max |grad| (unscaled) for fp16 headroom
@@ -187,6 +224,20 @@ class Trainer:
         self.step_count = step
         self._mid_step = False
 
+    def _no_sync(self, last: bool) -> contextlib.AbstractContextManager[None]:
+        """Distributed: gradients are reduced only on the last micro-batch's backward."""
+        if self.dist is None:
+            return _NULL
+        return no_sync(self.train_model, self.dist.strategy, last)
+
+    def _shard(self, model: torch.nn.Module) -> None:
+        shard_fsdp(model, self.device)
+
+    def _rank_stats(self) -> tuple[int, int, bool, int]:
+        """This rank's host values for the interval's collective (see IntervalReducer)."""
+        peak = max(self.memory.peaks.values(), default=0)
+        return peak, _rss_peak(), self._stop_requested, sum(self._pending["skipped"])
+
     def _act_hooks(self, active: bool) -> contextlib.AbstractContextManager[None]:
         return self.activations.hooks(True) if active and self.activations is not None else _NULL
 
@@ -200,9 +251,11 @@ class Trainer:
         every = self.recipe.diagnostics.memory_every
         return step - self.start_step <= 2 or (every > 0 and step % every == 0)
 
-    @staticmethod
-    def _nonfinite(norms: torch.Tensor, loss: torch.Tensor) -> bool:
-        return not bool(torch.isfinite(norms).all() & torch.isfinite(loss))  # syncs
+    def _nonfinite(self, norms: torch.Tensor, loss: torch.Tensor) -> bool:
+        bad = ~(torch.isfinite(norms).all() & torch.isfinite(loss))
+        if self.dist is not None:
+            bad = any_rank(bad)  # every rank drops the same updates
+        return bool(bad)  # syncs
 
     def _was_skipped(self) -> bool:
         if not self.scaler.is_enabled():
@@ -228,13 +281,16 @@ class Trainer:
         n = self.buffer.used
         if n == 0:
             return
-        data = self.buffer.flush()
+        reduce = self._reduce if not self._dist_broken else None
+        data = self.buffer.flush(reduce)  # distributed: the interval's one collective, inside
         now = time.perf_counter()
         step_s = (now - self._interval_start) / n
         self._interval_start = now
         first = self.step_count - n + 1
         steps = list(range(first, self.step_count + 1))
         skipped = list(self._pending["skipped"])
+        if self.ledger is not None and data.extra is not None:
+            self.ledger.absorb(data.extra, steps)  # per-rank memory, flags, stop requests
         self._record(steps, data, step_s)
         self._record_activations()
         self._write_events(steps, data, step_s)
@@ -350,17 +406,19 @@ class Trainer:
         (with ``.result`` attached) for a failed or interrupted run."""
         t0 = time.perf_counter()
         status, raised = "completed", None
-        self._prepare_output()
+        if self.main:
+            self._prepare_output()
         try:
             with (
                 deterministic_mode(self.recipe.train.deterministic),
                 self._sigint_as_stop_request(),
+                self._sigterm_as_interrupt(),
             ):
                 self.reporter.on_start(self._info())
                 self._interval_start = time.perf_counter()
                 self.guard.maybe_snapshot()
                 while self.step_count < self.recipe.train.steps:
-                    if self._stop_requested:
+                    if self._should_stop():
                         raise KeyboardInterrupt
                     self.step()
                     self.reporter.on_step(self.step_count)
@@ -398,7 +456,14 @@ class Trainer:
             )
             status = "failed"
         finally:
-            result = self._finish(status, raised, time.perf_counter() - t0)
+            if self.dist is not None and status != "completed":
+                raised = self._rank_outcome(status, raised)
+            try:
+                with self._sigterm_as_interrupt():
+                    result = self._finish(status, raised, time.perf_counter() - t0)
+            finally:
+                if self.dist is not None:
+                    self.dist.close()
         if raised is not None:
             raised.result = result  # type: ignore[attr-defined]
             raise raised
@@ -406,10 +471,12 @@ class Trainer:
 
     def _finish(self, status: str, raised: BaseException | None, duration: float) -> TrainResult:
         """Flush, checkpoint (unless failed mid-step), write the report; leave nothing behind."""
+        self._finishing = True  # distributed: a SIGTERM from torchrun now waits for the report
         with contextlib.suppress(Exception):
             self.flush(check=False)
         if status in ("completed", "stopped") or (status == "interrupted" and not self._mid_step):
-            self.save()  # never a checkpoint of a half-done step
+            if not (self.fsdp and self._dist_broken):  # FSDP's save gathers from every rank
+                self.save()  # never a checkpoint of a half-done step
         self._undo_checkpointing()
         self._hook.remove()
         result = self.result(
@@ -422,7 +489,8 @@ class Trainer:
                 f"**{d['severity']}** `{d['code']}` {d['message']}  \nfix: {d['fix']}",
                 i,
             )
-        write_json_atomic(self.out_dir / "report.json", result.to_dict())
+        if self.main:
+            write_json_atomic(self.out_dir / "report.json", result.to_dict())
         self.tb.close()
         self.reporter.on_end(result)
         return result
@@ -435,7 +503,9 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         try:
-            return oom_diagnosis(self.model, self.recipe, self.device, exc, step=self.step_count + 1)
+            return oom_diagnosis(
+                self.model, self.recipe, self.device, exc, step=self.step_count + 1
+            )
         except Exception:  # never lose the report over the explanation
             return None
 
@@ -494,17 +564,30 @@ class Trainer:
             },
             history=h.to_dict(),
             versions={"gradoctor": gradoctor.__version__, "torch": torch.__version__},
+            distributed=self.ledger.summary() if self.ledger is not None else None,
             model=self.model,
         )
 
     # ---- checkpoints --------------------------------------------------------------------
     def save(self) -> None:
-        """Write a resumable checkpoint atomically (model, optimizer, scaler, scheduler, RNG, data position)."""
+        """Write a resumable checkpoint atomically (model, optimizer, scaler, scheduler, RNG, data position).
+
+        Distributed: rank 0 writes the unwrapped model's state (DDP: the same keys as a
+        single-process run). FSDP: every rank takes part in gathering the full (unsharded)
+        model and optimizer state to rank 0's CPU memory first."""
+        if self.fsdp:
+            model_state, optim_state = full_state_dicts(self.model, self.optimizer)
+        elif not self.main:
+            return
+        else:
+            model_state, optim_state = self.model.state_dict(), self.optimizer.state_dict()
+        if not self.main:
+            return
         state = {
             "format": 1,
             "step": self.step_count,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optim_state,
             "scaler": self.scaler.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "rng": capture_rng(),
@@ -514,8 +597,11 @@ class Trainer:
         save_checkpoint(self.out_dir / CHECKPOINT_NAME, state)
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.fsdp:  # full state on every rank -> this rank's shards
+            load_full_state_dicts(self.model, self.optimizer, state["model"], state["optimizer"])
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         if self.scheduler is not None and state["scheduler"] is not None:
@@ -540,6 +626,40 @@ class Trainer:
             "output_dir": str(self.out_dir),
             "recipe": self.recipe.name,
         }
+
+    # ---- distributed: agreement and failure ---------------------------------------------
+    def _should_stop(self) -> bool:
+        """Ctrl-C: alone, at the next step; distributed, at the first step boundary after a
+        flush where any rank had asked (so every rank stops at the same step)."""
+        if self.ledger is None:
+            return self._stop_requested
+        self._agreed_stop = self.ledger.stop_requested
+        return self._agreed_stop
+
+    def _sigterm_as_interrupt(self) -> contextlib.AbstractContextManager[None]:
+        if self.dist is None:
+            return _NULL
+        return sigterm_as_interrupt(lambda: self._finishing)
+
+    def _rank_outcome(self, status: str, raised: BaseException | None) -> Any:
+        """A run that did not complete, distributed: unless every rank stopped at the same
+        step (non-finite stop, agreed Ctrl-C), the ranks are out of step, so no more
+        collectives. A failure is posted for the other ranks; a rank whose failure was
+        caused by another's (its collective lost the peer) reports that rank's message."""
+        assert self.dist is not None
+        if status == "stopped" or (status == "interrupted" and self._agreed_stop):
+            return raised
+        self._dist_broken = True
+        if status != "failed":
+            return raised
+        posted = read_failure()
+        if posted is None or posted["rank"] == self.dist.rank:
+            post_failure(self.dist.rank, str(raised))
+            return raised
+        return UserCodeError(
+            f"rank {posted['rank']} failed: {posted['message']}",
+            hint=f"rank {self.dist.rank} stopped because rank {posted['rank']} raised",
+        )
 
     @contextlib.contextmanager
     def _sigint_as_stop_request(self) -> Iterator[None]:

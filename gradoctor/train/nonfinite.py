@@ -48,12 +48,15 @@ class NonFiniteGuard:
         self.guarding = False  # on_nonfinite: skip, after the replay: drop non-finite updates
         self.calibrated = False  # fp16: a step has gone through since the start
         self.consecutive_skips = 0
+        self.can_replay = True  # False under FSDP: sharded state is not snapshotted
 
     def maybe_snapshot(self) -> None:
         """At a flush boundary: keep the state if this is a snapshot step (cheap, async on CUDA)."""
         t = self.t
-        if not self.replayed and (
-            t.step_count == t.start_step or t.step_count % self.snapshot_every == 0
+        if (
+            not self.replayed
+            and self.can_replay
+            and (t.step_count == t.start_step or t.step_count % self.snapshot_every == 0)
         ):
             self.snapshot.take(t)
 
@@ -87,6 +90,8 @@ class NonFiniteGuard:
         self.replayed = True
         mode = t.recipe.diagnostics.on_nonfinite
         record: dict[str, Any] = {"step": bad_step, "reason": reason, "mode": mode}
+        if t.ledger is not None:  # distributed: the ranks whose own values were non-finite first
+            record["ranks"] = t.ledger.note_nonfinite(bad_step, reason)
         if self.snapshot.state is None or self.snapshot.step >= bad_step:
             record["replay"] = {"phase": "unavailable"}
             self.findings.append(record)
@@ -95,6 +100,12 @@ class NonFiniteGuard:
             return
         finding, pre_data, pre_rng = self._replay(bad_step)
         record["replay"] = finding.to_dict()
+        if t.ledger is not None:  # each rank replayed its own batch; keep the telling one
+            from gradoctor.distributed.aggregate import pick_finding
+
+            record["replay"], record["replay_rank"] = pick_finding(
+                record["replay"], record["ranks"]
+            )
         self.findings.append(record)
         if mode == "skip":
             t.history.truncate(bad_step - 1)
@@ -125,6 +136,8 @@ class NonFiniteGuard:
                 loss = compute_loss(t.model, batch, t.loss_fn)
             return t.scaler.scale(loss / accum if accum > 1 else loss)
 
+        # Rank-local under DDP: t.model is the unwrapped module, so the replay's forward and
+        # backward make no collectives (DDP's gradient hooks stay idle without its forward).
         finding = replay_step(t.model, batches, forward, lambda loss: loss.backward())
         t.optimizer.zero_grad(set_to_none=True)
         return finding, pre_data, pre_rng

@@ -33,7 +33,9 @@ class Snapshot:
             if buf is None or buf.shape != obj.shape or buf.dtype != obj.dtype:
                 on_host = not obj.is_cuda or self.target is None or self.target.type == "cpu"
                 buf = torch.empty(
-                    obj.shape, dtype=obj.dtype, device="cpu" if on_host else obj.device,
+                    obj.shape,
+                    dtype=obj.dtype,
+                    device="cpu" if on_host else obj.device,
                     pin_memory=on_host and obj.is_cuda,
                 )
                 self._buffers[key] = buf
@@ -50,7 +52,9 @@ class Snapshot:
             return torch.device("cpu")
         from gradoctor.monitors.memory import optimizer_state_tensors, tensor_bytes
 
-        need = tensor_bytes(trainer.model.state_dict().values()) + tensor_bytes(optimizer_state_tensors(trainer.optimizer))
+        need = tensor_bytes(trainer.model.state_dict().values()) + tensor_bytes(
+            optimizer_state_tensors(trainer.optimizer)
+        )
         free, _ = torch.cuda.mem_get_info(self.device)
         return self.device if free > 4 * need else torch.device("cpu")
 

@@ -165,5 +165,7 @@ class OOMAtCall(Tiny):
     def forward(self, x):
         self.calls += 1
         if self.calls == self.at:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+            raise torch.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.00 GiB (simulated)"
+            )
         return super().forward(x)

@@ -13,7 +13,9 @@ from gradoctor.diagnose.replay import replay_step
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = ROOT / "recipes" / "zoo"
-spec = importlib.util.spec_from_file_location("pathologies_test", ROOT / "sample_models" / "pathologies.py")
+spec = importlib.util.spec_from_file_location(
+    "pathologies_test", ROOT / "sample_models" / "pathologies.py"
+)
 path_models = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(path_models)
 
@@ -71,7 +73,9 @@ def test_forward_origin_with_inplace_relu_and_checkpointing(checkpointed):
     x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
     finding = _replay(model, x, y)
     assert finding.phase == "forward" and finding.module == "blocks.2.bad" and finding.op == "sqrt"
-    assert finding.kind == "nan" and finding.input_range["max"] < 0  # all of x - 100 is negative here
+    assert (
+        finding.kind == "nan" and finding.input_range["max"] < 0
+    )  # all of x - 100 is negative here
     assert finding.propagated_to[0] == "blocks.2"
     _no_hooks(model)
     if checkpointed:
@@ -110,7 +114,11 @@ def _late_nan_recipe(out_dir, **diagnostics):
 def test_nan_late_in_the_run_is_replayed_at_its_own_step(tmp_path):
     result = gradoctor.train(_late_nan_recipe(tmp_path))
     (origin,) = [d for d in result.diagnoses if d["code"] == "nonfinite_origin"]
-    assert origin["steps"] == [8] and origin["modules"][0] == "gate" and origin["evidence"]["op"] == "log"
+    assert (
+        origin["steps"] == [8]
+        and origin["modules"][0] == "gate"
+        and origin["evidence"]["op"] == "log"
+    )
     assert origin["evidence"]["input_range"]["max"] < 0  # s had just gone negative
     (loss,) = [d for d in result.diagnoses if d["code"] == "nonfinite_loss"]
     assert loss["steps"] == [8] and loss["evidence"]["last_finite_step"] == 7
@@ -129,7 +137,9 @@ def test_stop_saves_the_state_just_before_the_bad_step(tmp_path):
 
 def test_skip_drops_bad_updates_and_keeps_training_finite(tmp_path):
     result = gradoctor.train(
-        ZOO / "nan_backward.yaml", output={"dir": str(tmp_path)}, diagnostics={"on_nonfinite": "skip"}
+        ZOO / "nan_backward.yaml",
+        output={"dir": str(tmp_path)},
+        diagnostics={"on_nonfinite": "skip"},
     )
     assert result.status == "completed" and result.steps_completed == 30
     assert result.history["dropped_steps"] == [1]
@@ -142,6 +152,8 @@ def test_continue_keeps_the_users_numerics(tmp_path):
     stop = gradoctor.train(_late_nan_recipe(tmp_path / "s"))
     assert cont.status == "completed" and cont.steps_completed == 16
     n = len(stop.history["loss"])
-    assert n == 8 and repr(cont.history["loss"][:n]) == repr(stop.history["loss"])  # bitwise, NaNs included
+    assert n == 8 and repr(cont.history["loss"][:n]) == repr(
+        stop.history["loss"]
+    )  # bitwise, NaNs included
     assert all(v != v for v in cont.history["loss"][7:])  # NaN from step 8 on: numerics untouched
     assert len([d for d in cont.diagnoses if d["code"] == "nonfinite_origin"]) == 1  # replayed once

@@ -16,13 +16,18 @@ runner = CliRunner()
 
 @pytest.mark.parametrize("fail_on, code", [("never", 0), ("warning", 3), ("error", 3)])
 def test_fail_on_exit_codes_for_a_broken_run(fail_on, code, tmp_path):
-    result = runner.invoke(app, ["train", NAN, "-q", f"output.dir={tmp_path}", "--fail-on", fail_on])
+    result = runner.invoke(
+        app, ["train", NAN, "-q", f"output.dir={tmp_path}", "--fail-on", fail_on]
+    )
     assert result.exit_code == code, result.output
 
 
 def test_fail_on_warning_passes_a_healthy_run(tmp_path):
     mlp = str(ROOT / "recipes" / "mlp.yaml")
-    result = runner.invoke(app, ["train", mlp, "-q", "train.steps=30", f"output.dir={tmp_path}", "--fail-on", "warning"])
+    result = runner.invoke(
+        app,
+        ["train", mlp, "-q", "train.steps=30", f"output.dir={tmp_path}", "--fail-on", "warning"],
+    )
     assert result.exit_code == 0, result.output
 
 

@@ -12,21 +12,47 @@ from gradoctor.recipe.schema import Thresholds
 MODULES = ["l0", "l1", "l2"]
 
 
-def ctx(n=100, loss=None, norms=None, precision="fp32", skipped=(), scales=None, overflow=(), update=None,
-        dead=None, absmax=None, thresholds=None, growth_interval=2000, findings=()):
+def ctx(
+    n=100,
+    loss=None,
+    norms=None,
+    precision="fp32",
+    skipped=(),
+    scales=None,
+    overflow=(),
+    update=None,
+    dead=None,
+    absmax=None,
+    thresholds=None,
+    growth_interval=2000,
+    findings=(),
+):
     steps = list(range(1, n + 1))
     loss = loss if loss is not None else list(np.linspace(2.0, 0.5, n))
     norms = norms if norms is not None else [[1.0, 1.0, 1.0]] * n
     history = {
-        "step": steps, "loss": loss, "lr": [1e-3] * n, "module_names": MODULES, "module_grad_norms": norms,
+        "step": steps,
+        "loss": loss,
+        "lr": [1e-3] * n,
+        "module_names": MODULES,
+        "module_grad_norms": norms,
         "grad_norm_total": [float(np.sqrt(np.sum(np.square(r)))) for r in norms],
-        "loss_scale": scales or [65536.0] * n, "skipped_steps": list(skipped), "overflow": list(overflow),
-        "update_ratio": update or {m: [1e-3] * 10 for m in MODULES}, "update_ratio_steps": steps[9::10],
-        "dead_fraction": dead or {}, "relu_units": {k: 64 for k in (dead or {})}, "act_absmax": absmax or {},
-        "activation_steps": [50, 100], "forward_order": MODULES, "grad_absmax": [],
+        "loss_scale": scales or [65536.0] * n,
+        "skipped_steps": list(skipped),
+        "overflow": list(overflow),
+        "update_ratio": update or {m: [1e-3] * 10 for m in MODULES},
+        "update_ratio_steps": steps[9::10],
+        "dead_fraction": dead or {},
+        "relu_units": {k: 64 for k in (dead or {})},
+        "act_absmax": absmax or {},
+        "activation_steps": [50, 100],
+        "forward_order": MODULES,
+        "grad_absmax": [],
     }
     infos = {m: ModuleInfo(m, "Linear", 100, 2) for m in MODULES}
-    return RunContext(history, list(findings), infos, precision, thresholds or Thresholds(), growth_interval, 0.5)
+    return RunContext(
+        history, list(findings), infos, precision, thresholds or Thresholds(), growth_interval, 0.5
+    )
 
 
 def codes(c):
@@ -65,7 +91,7 @@ def test_fp16_normal_rhythm_is_silent_but_frequent_overflow_is_not():
 
 
 def test_loss_scale_collapse():
-    scales = [65536.0 / 2 ** i for i in range(40)] + [1e-12] * 60
+    scales = [65536.0 / 2**i for i in range(40)] + [1e-12] * 60
     d = diagnose(ctx(precision="fp16", skipped=range(1, 101), scales=scales))
     assert "loss_scale_collapse" in [x["code"] for x in d] and d[0]["severity"] == "error"
 
@@ -73,7 +99,9 @@ def test_loss_scale_collapse():
 def test_update_ratio_bands_and_configurable_thresholds():
     update = {"l0": [0.5] * 10, "l1": [1e-3] * 10, "l2": [1e-9] * 10}
     d = {x["code"]: x for x in diagnose(ctx(update=update))}
-    assert d["update_ratio_high"]["modules"] == ["l0"] and d["update_ratio_low"]["modules"] == ["l2"]
+    assert d["update_ratio_high"]["modules"] == ["l0"] and d["update_ratio_low"]["modules"] == [
+        "l2"
+    ]
     loose = Thresholds(update_ratio_high=1.0, update_ratio_low=1e-12)
     assert codes(ctx(update=update, thresholds=loose)) == []
 
@@ -106,7 +134,11 @@ def test_headroom_warning_in_fp16_info_otherwise():
 def test_nonfinite_loss_first_step():
     loss = [1.0] * 40 + [math.nan] * 60
     (d,) = diagnose(ctx(loss=loss))
-    assert d["code"] == "nonfinite_loss" and d["steps"] == [41] and d["evidence"]["last_finite_step"] == 40
+    assert (
+        d["code"] == "nonfinite_loss"
+        and d["steps"] == [41]
+        and d["evidence"]["last_finite_step"] == 40
+    )
 
 
 def test_a_broken_rule_does_not_lose_the_report(monkeypatch):
@@ -122,9 +154,12 @@ def test_thresholds_are_validated(bad, tmp_path):
     import gradoctor
     from gradoctor.errors import RecipeError
 
-    recipe = {"model": {"_component_": "torch.nn.Linear", "in_features": 2, "out_features": 2},
-              "data": {"_component_": "builtins.list"}, "optimizer": {"_component_": "torch.optim.SGD", "lr": 0.1},
-              "diagnostics": {"thresholds": bad}}
+    recipe = {
+        "model": {"_component_": "torch.nn.Linear", "in_features": 2, "out_features": 2},
+        "data": {"_component_": "builtins.list"},
+        "optimizer": {"_component_": "torch.optim.SGD", "lr": 0.1},
+        "diagnostics": {"thresholds": bad},
+    }
     with pytest.raises(RecipeError) as err:
         gradoctor.validate(recipe)
     assert err.value.problems[0].path.startswith("diagnostics.thresholds.")

@@ -60,7 +60,9 @@ def test_nan_backward_is_found_in_backward_with_a_finite_loss(tmp_path):
     assert origin["evidence"]["phase"] == "backward"
     assert "BadBackward" in origin["evidence"]["op"]
     assert origin["steps"] == [1]
-    assert result.history["loss"][0] != "nan"  # step 1's loss was finite: only its gradients were not
+    assert (
+        result.history["loss"][0] != "nan"
+    )  # step 1's loss was finite: only its gradients were not
 
 
 def test_fp16_overflow_model_is_healthy_in_bf16(tmp_path):
@@ -72,5 +74,7 @@ def test_fp16_overflow_model_is_healthy_in_bf16(tmp_path):
 
 @pytest.mark.parametrize("name, steps", [("mlp", 200), ("cnn", 150), ("tiny_lm", 80)])
 def test_healthy_samples_raise_nothing(name, steps, tmp_path):
-    result = gradoctor.train(ROOT / "recipes" / f"{name}.yaml", train={"steps": steps}, output={"dir": str(tmp_path)})
+    result = gradoctor.train(
+        ROOT / "recipes" / f"{name}.yaml", train={"steps": steps}, output={"dir": str(tmp_path)}
+    )
     assert [d for d in result.diagnoses if d["severity"] != "info"] == []

@@ -12,13 +12,20 @@ from gradoctor.recipe import load_recipe
 from gradoctor.train.loop import Trainer
 from tests.conftest import MODELS
 
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "tiny_lm"])
 def test_sample_recipes_on_cuda_report_phase_peaks(name, tmp_path):
-    result = gradoctor.train(ROOT / "recipes" / f"{name}.yaml", train={"steps": 20, "device": "cuda"}, output={"dir": str(tmp_path)})
+    result = gradoctor.train(
+        ROOT / "recipes" / f"{name}.yaml",
+        train={"steps": 20, "device": "cuda"},
+        output={"dir": str(tmp_path)},
+    )
     mem = result.memory
     assert result.device.startswith("cuda") and mem["method"] == "cuda_allocator"
     for phase in ("forward_peak", "backward_peak", "optimizer_peak"):
@@ -34,8 +41,14 @@ def test_ordinary_steps_make_no_host_sync(recipe_factory, precision):
     recipe = load_recipe(
         recipe_factory(
             precision=precision,
-            **{"data._component_": f"{MODELS}:device_data", "data.device": "cuda", "train.device": "cuda",
-               "train.steps": 100, "diagnostics.every": 10, "train.clip_grad_norm": 1.0},
+            **{
+                "data._component_": f"{MODELS}:device_data",
+                "data.device": "cuda",
+                "train.device": "cuda",
+                "train.steps": 100,
+                "diagnostics.every": 10,
+                "train.clip_grad_norm": 1.0,
+            },
         )
     )
     trainer = Trainer(recipe)
@@ -59,7 +72,9 @@ def test_cuda_norms_match_float64_reference(recipe_factory):
     spec = importlib.util.spec_from_file_location("train_models_cuda_ref", MODELS)
     ref_models = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ref_models)
-    result = gradoctor.train(recipe_factory(**{"train.device": "cuda", "train.steps": 1, "diagnostics.every": 1}))
+    result = gradoctor.train(
+        recipe_factory(**{"train.device": "cuda", "train.steps": 1, "diagnostics.every": 1})
+    )
     torch.manual_seed(0)
     ref = ref_models.Tiny().double()
     x, y = next(iter(ref_models.fixed_data(batch_size=8)))
@@ -71,8 +86,15 @@ def test_cuda_norms_match_float64_reference(recipe_factory):
 
 def test_fp16_overflow_on_cuda_is_skipped_and_attributed(recipe_factory):
     result = gradoctor.train(
-        recipe_factory(precision="fp16", **{"model._component_": f"{MODELS}:OverflowAt", "model.bad_calls": [2],
-                                            "train.device": "cuda", "train.steps": 4})
+        recipe_factory(
+            precision="fp16",
+            **{
+                "model._component_": f"{MODELS}:OverflowAt",
+                "model.bad_calls": [2],
+                "train.device": "cuda",
+                "train.steps": 4,
+            },
+        )
     )
     assert result.skipped_steps == [2]
     assert set(result.overflow[0]["params"]) == {"body.weight", "body.bias"}

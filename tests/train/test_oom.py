@@ -11,7 +11,9 @@ from tests.conftest import MODELS, base_recipe
 def test_oom_exits_4_with_report_and_memory_diagnosis(tmp_path):
     import yaml
 
-    recipe = base_recipe(tmp_path / "run", **{"model._component_": f"{MODELS}:OOMAtCall", "model.at": 3})
+    recipe = base_recipe(
+        tmp_path / "run", **{"model._component_": f"{MODELS}:OOMAtCall", "model.at": 3}
+    )
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     result = CliRunner().invoke(app, ["train", str(path), "-q"], env={"COLUMNS": "200"})
