@@ -84,7 +84,7 @@ class OutputConfig:
 
 @dataclass
 class DistributedConfig:
-    """Multi-process training under torchrun (see docs/distributed.md)."""
+    """Multi-process training under torchrun (see the README section "Distributed training")."""
 
     strategy: str = "ddp"  # ddp (DistributedDataParallel) | fsdp (fully_shard, FSDP2)
     backend: str = "auto"  # auto: nccl on CUDA, gloo on CPU | nccl | gloo
