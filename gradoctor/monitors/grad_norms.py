@@ -2,16 +2,20 @@
 
 Cost per optimizer step: one ``torch._foreach_norm`` and one ``torch.stack`` per
 (device, dtype) group of gradients, no host sync (clipping adds the same work
-``clip_grad_norm_`` does, which it replaces). On log steps only: one extra copy of the
-parameters (for the update norm) and two more ``_foreach_norm`` calls.
+``clip_grad_norm_`` does, which it replaces). On log steps only: a copy of the
+parameters' values (small parameters in full, a fixed sample of ``UPDATE_SAMPLE`` values of
+each large one) for the update norm, and two more ``_foreach_norm`` calls.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 
 import numpy as np
 import torch
+
+UPDATE_SAMPLE = 65536  # values kept per parameter for ||dW|| (relative noise ~ 1/sqrt of this)
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -85,7 +89,9 @@ class GradNormRecorder:
         self._zeros = [
             torch.zeros((), device=ps[0].device, dtype=ps[0].dtype) for ps in self._group_params
         ]
-        self._before: list[torch.Tensor] | None = None
+        self._before: list[torch.Tensor] | None = None  # reused buffers (see before_update)
+        self._sample_idx: list[tuple[torch.Tensor | None, float]] | None = None
+        self._armed = False
 
     def _grads(self, k: int) -> list[torch.Tensor]:
         zero = self._zeros[k]
@@ -116,20 +122,55 @@ class GradNormRecorder:
             if grads:
                 torch._foreach_mul_(grads, coef.to(grads[0].device))
 
+    def _update_views(self) -> list[torch.Tensor]:
+        """Per parameter (in ``index.params`` order): its flat values, or a fixed random sample
+        of ``UPDATE_SAMPLE`` of them for large parameters (the same indices every time)."""
+        if self._sample_idx is None:
+            gen = torch.Generator().manual_seed(0)  # private: the user's RNG streams stay untouched
+            self._sample_idx = []
+            for p in self.index.params:
+                t = local_tensor(p.detach())
+                n = t.numel()
+                idx = (
+                    None
+                    if n <= UPDATE_SAMPLE
+                    else torch.randperm(n, generator=gen)[:UPDATE_SAMPLE].to(t.device)
+                )
+                self._sample_idx.append(
+                    (idx, math.sqrt(n / UPDATE_SAMPLE) if idx is not None else 1.0)
+                )
+        views = []
+        for p, (idx, _) in zip(self.index.params, self._sample_idx):
+            flat = local_tensor(p.detach()).reshape(-1)
+            views.append(flat if idx is None else flat.index_select(0, idx))
+        return views
+
     def before_update(self) -> None:
-        """Keep a copy of the parameters (log steps only: costs one parameter-sized buffer)."""
-        self._before = [local_tensor(p.detach()).clone() for p in self.index.params]
+        """Keep the parameters' values before the optimizer step (log steps only). Memory: the
+        small parameters in full, ``UPDATE_SAMPLE`` values of each large one, in buffers reused
+        across intervals — never a second copy of a large model."""
+        views = self._update_views()
+        if self._before is None:
+            self._before = [v.clone() for v in views]
+        else:
+            torch._foreach_copy_(self._before, views)
+        self._armed = True
 
     def after_update(self) -> torch.Tensor | None:
-        """``[2, n_params]`` (||p_new - p_old||, ||p_new||) in ``index.order``, or None."""
-        if self._before is None:
+        """``[2, n_params]`` (||p_new - p_old||, ||p_new||) in ``index.order``, or None.
+
+        For a sampled parameter both norms are the sample's, scaled by sqrt(numel / sample):
+        unbiased estimates of the full norms, whose ratio is the sample's ratio."""
+        if not self._armed:
             return None
+        self._armed = False
+        new = self._update_views()
+        torch._foreach_sub_(self._before, new)  # in place: the buffers now hold old - new
+        scale = [s for _, s in self._sample_idx]
         rows = []
         for idx in self.index.groups:
-            new = [local_tensor(self.index.params[i].detach()) for i in idx]
-            old = [self._before[i] for i in idx]
-            upd = torch.stack(torch._foreach_norm(torch._foreach_sub(new, old)))
-            par = torch.stack(torch._foreach_norm(new))
-            rows.append(torch.stack((upd, par)).to(self.device, torch.float32))
-        self._before = None
+            upd = torch.stack(torch._foreach_norm([self._before[i] for i in idx]))
+            par = torch.stack(torch._foreach_norm([new[i] for i in idx]))
+            factor = torch.tensor([scale[i] for i in idx], device=upd.device, dtype=upd.dtype)
+            rows.append((torch.stack((upd, par)) * factor).to(self.device, torch.float32))
         return torch.cat(rows, dim=1)
