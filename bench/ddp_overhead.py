@@ -34,9 +34,7 @@ from bench.overhead import PlainLoop  # noqa: E402
 from gradoctor.distributed.sampler import distribute_data  # noqa: E402
 from gradoctor.distributed.wrap import no_sync  # noqa: E402
 from gradoctor.recipe import load_recipe  # noqa: E402
-from gradoctor.train.batches import compute_loss, to_device  # noqa: E402
 from gradoctor.train.loop import Trainer  # noqa: E402
-from gradoctor.train.precision import autocast  # noqa: E402
 
 
 class PlainDDP(PlainLoop):
@@ -49,24 +47,8 @@ class PlainDDP(PlainLoop):
         self.data = distribute_data(self.data, trainer.dist, recipe.train.seed)
         self.it = iter(self.data)
 
-    def step(self):
-        accum = self.recipe.train.accum_steps
-        for micro in range(accum):
-            batch = to_device(self._next(), self.device)
-            with no_sync(self.model, "ddp", last_micro_step=micro == accum - 1):
-                with autocast(self.recipe.precision, self.device):
-                    loss = compute_loss(self.model, batch, self.loss_fn)
-                self.scaler.scale(loss / accum).backward()
-        self.scaler.unscale_(self.opt)
-        if self.recipe.train.clip_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(
-                self.model.parameters(), self.recipe.train.clip_grad_norm
-            )
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.opt.zero_grad(set_to_none=True)
-        if self.sched is not None:
-            self.sched.step()
+    def micro_step_context(self, last: bool):
+        return no_sync(self.model, "ddp", last_micro_step=last)
 
 
 class DoctorDDP:

@@ -14,6 +14,7 @@ with its min..max spread. Goal: <= 1.05 on CPU, <= 1.03 on the GPU configs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -86,13 +87,18 @@ class PlainLoop:
             self.it = iter(self.data)
             return next(self.it)
 
+    def micro_step_context(self, last: bool):
+        """What wraps each micro-batch's forward and backward (DDP: ``no_sync`` but the last)."""
+        return contextlib.nullcontext()
+
     def step(self):
         accum = self.recipe.train.accum_steps
-        for _ in range(accum):
+        for micro in range(accum):
             batch = to_device(self._next(), self.device)
-            with autocast(self.recipe.precision, self.device):
-                loss = compute_loss(self.model, batch, self.loss_fn)
-            self.scaler.scale(loss / accum).backward()
+            with self.micro_step_context(last=micro == accum - 1):
+                with autocast(self.recipe.precision, self.device):
+                    loss = compute_loss(self.model, batch, self.loss_fn)
+                self.scaler.scale(loss / accum).backward()
         self.scaler.unscale_(self.opt)
         if self.recipe.train.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(
