@@ -17,6 +17,7 @@ boundary; host-side counters, no device sync). One ``synchronize`` per step, for
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -126,8 +127,15 @@ class ProfileSession:
         return True
 
     def _scaler(self, precision: str) -> torch.amp.GradScaler:
+        """fp16 scaler for profiling, starting at scale 1 and never growing: the profiled steps
+        must be *applied* steps (a skipped calibration step creates no optimizer state, e.g.
+        SGD's momentum, and would under-predict the steady state). The scale's value changes
+        no tensor sizes."""
         if precision not in self._scalers:
-            self._scalers[precision] = make_scaler(precision, self.device, self.recipe.grad_scaler)
+            config = dataclasses.replace(
+                self.recipe.grad_scaler, init_scale=1.0, growth_interval=2**30
+            )
+            self._scalers[precision] = make_scaler(precision, self.device, config)
         return self._scalers[precision]
 
     # ---- one step -------------------------------------------------------------------------

@@ -169,3 +169,11 @@ class OOMAtCall(Tiny):
                 "CUDA out of memory. Tried to allocate 2.00 GiB (simulated)"
             )
         return super().forward(x)
+
+
+class HugeGradients(Tiny):
+    """Tiny whose output is multiplied by 1e4: at fp16's initial loss scale (65536) the scaled
+    gradients overflow, so a GradScaler skips the first steps (its calibration)."""
+
+    def forward(self, x):
+        return super().forward(x) * 1e4
