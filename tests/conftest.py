@@ -9,6 +9,17 @@ ASSETS = Path(__file__).parent / "assets"
 MODELS = ASSETS / "train_models.py"
 
 
+def set_dotted(recipe: dict, changes: dict) -> dict:
+    """Apply ``{"a.b": value}`` overrides to a nested recipe dict in place; returns it."""
+    for key, value in changes.items():
+        node = recipe
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return recipe
+
+
 def base_recipe(out_dir: Path, **changes) -> dict:
     """A dict recipe over tests/assets/train_models.py; ``changes`` are dotted-key overrides."""
     recipe = {
@@ -21,14 +32,7 @@ def base_recipe(out_dir: Path, **changes) -> dict:
         "diagnostics": {"every": 5, "histogram_every": 0},
         "output": {"dir": str(out_dir)},
     }
-    recipe = copy.deepcopy(recipe)
-    for key, value in changes.items():
-        node = recipe
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return recipe
+    return set_dotted(copy.deepcopy(recipe), changes)
 
 
 @pytest.fixture

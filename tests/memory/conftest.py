@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import set_dotted
+
 MODELS = Path(__file__).parents[1] / "assets" / "memory" / "models.py"
 
 
@@ -16,14 +18,7 @@ def memory_recipe(model: str = "TwoLayer", **changes) -> dict:
         "precision": "fp32",
         "train": {"steps": 1, "seed": 0, "device": "cpu"},
     }
-    recipe = copy.deepcopy(recipe)
-    for key, value in changes.items():
-        node = recipe
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return recipe
+    return set_dotted(copy.deepcopy(recipe), changes)
 
 
 @pytest.fixture
