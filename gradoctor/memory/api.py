@@ -21,9 +21,10 @@ from gradoctor.memory import planner, summary
 from gradoctor.memory.measure import Config, ProfileSession, StepMeasurement
 from gradoctor.memory.model import PeakModel, fit_peak_model, module_stats, replay
 from gradoctor.memory.result import CheckpointPlan, MemoryProfile, SelfCheck, WhatIf
-from gradoctor.memory.tracking import StepTrace
+from gradoctor.memory.tracking import StepTrace, optimizer_tensors, unique_bytes
 from gradoctor.memory.units import format_bytes, parse_batch_sizes, parse_bytes
 from gradoctor.recipe import Recipe, load_recipe
+from gradoctor.train.activation_checkpointing import checkpoint_targets
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _HALF = {"bf16": "fp16", "fp16": "bf16"}
@@ -50,8 +51,9 @@ class Predictor:
     fp16 and bf16 share one measurement when only one of them was measured: autocast casts the
     same ops to either 16-bit type, and the fp16 loss scaler's tensors are a few bytes."""
 
-    def __init__(self, m: Measurements):
+    def __init__(self, m: Measurements, model: torch.nn.Module | None = None):
         self.m = m
+        self.net = model  # resolves recipe-style names to the modules the loop would wrap
         self._models: dict[tuple[str, tuple[str, ...]], PeakModel] = {}
 
     def source(self, precision: str) -> str | None:
@@ -64,6 +66,8 @@ class Predictor:
         src = self.source(precision)
         if src is None:
             return None
+        if self.net is not None and names:
+            names = checkpoint_targets(self.net, list(names))[0]
         key = (src, tuple(names))
         if key not in self._models:
             self._models[key] = fit_peak_model(
@@ -175,6 +179,7 @@ def measure(session: ProfileSession, steps: int) -> Measurements:
                 raise
             m.traces.pop(prec, None)
             m.notes.append(f"{prec} could not run here ({exc.message.splitlines()[0]})")
+    _remeasure_stale(session, m)
     m.timing = session.step(Config(precision, (), batch), time_modules=True)
     m.steps += 1
     try:
@@ -185,6 +190,8 @@ def measure(session: ProfileSession, steps: int) -> Measurements:
 
 
 def _tracked(session: ProfileSession, m: Measurements, config: Config, n: int) -> None:
+    """Track ``n`` steps of ``config``; the one with the highest tracked peak replaces any
+    earlier measurement of ``config``."""
     best: StepMeasurement | None = None
     for _ in range(n):
         step = session.step(config, track=True)
@@ -197,6 +204,35 @@ def _tracked(session: ProfileSession, m: Measurements, config: Config, n: int) -
         m.residuals.setdefault(config.precision, {})[config.batch_size] = residual
         unowned = best.cuda_peak - best.trace.peak()[0]
         m.unowned.setdefault(config.precision, {})[config.batch_size] = unowned
+
+
+def _remeasure_stale(session: ProfileSession, m: Measurements) -> None:
+    """Measure again, once, every step that began before the optimizer's state was complete.
+
+    A prediction is a steady-state peak, so each trace must start with the optimizer state a
+    long run has. A step that creates state (the first *applied* step: a skipped fp16 step, or an
+    optimizer that creates state late, creates none) would otherwise under-predict by the state's
+    bytes at its batch size and bend the batch-size fit. Costs nothing when the state is complete
+    after the warm-up step, the usual case."""
+    steady, _ = unique_bytes(optimizer_tensors(session.optimizer), session.device.type)
+    stale = [
+        (prec, size)
+        for prec, by_size in m.traces.items()
+        for size, trace in by_size.items()
+        if trace.static["optimizer_state"] != steady
+    ]
+    for prec, size in stale:
+        _tracked(session, m, Config(prec, (), size), 1)
+    now, _ = unique_bytes(optimizer_tensors(session.optimizer), session.device.type)
+    if stale and any(
+        t.static["optimizer_state"] != now
+        for by_size in m.traces.values()
+        for t in by_size.values()
+    ):
+        m.notes.append(
+            "the optimizer's state kept changing size across the profiled steps: predictions "
+            "use the last measured steps and may be off by the state still to be created"
+        )
 
 
 def _release(session: ProfileSession) -> None:
@@ -216,7 +252,7 @@ def analyse(
     snapshot: str | Path | None = None,
 ) -> MemoryProfile:
     recipe, precision, b0 = session.recipe, session.recipe.precision, m.batch_size
-    predict = Predictor(m)
+    predict = Predictor(m, session.model)
     steady = m.traces[precision][b0]
     residual = m.unowned.get(precision, {}).get(b0, 0)  # CUDA: measured peak - tracked peak
     peak, categories = summary.breakdown(steady, residual)

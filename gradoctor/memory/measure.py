@@ -90,15 +90,30 @@ class ProfileSession:
 
     # ---- data -----------------------------------------------------------------------------
     def _next(self, size: int | None) -> Any:
+        """The next batch of ``size`` samples (any size for ``None``). A batch of another size
+        (the short last batch of an epoch) is skipped: every measured step of a configuration
+        must see its batch size."""
         it = self._iters.get(size)
-        for _ in range(2):
+        restarts = skipped = 0
+        while True:
             if it is None:
                 it = self._iters[size] = iter(self._data[size])
             try:
-                return next(it)
+                batch = next(it)
             except StopIteration:
-                it = None
-        raise UserCodeError("the data component yielded no batches")
+                if restarts:
+                    raise UserCodeError(
+                        "the data component yielded no batches"
+                        if not skipped
+                        else f"the data component yielded no batch of {size} samples"
+                    ) from None
+                it, restarts = None, restarts + 1
+                continue
+            if size is None or batch_size_of(batch) in (0, size):
+                return batch
+            skipped += 1
+            if skipped > 10_000:
+                raise UserCodeError(f"the data component yields no batch of {size} samples")
 
     def can_resize(self, size: int) -> bool:
         """Whether the data component builds batches of ``size`` via its batch_size keyword."""

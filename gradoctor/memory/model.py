@@ -6,11 +6,14 @@ timeline of the same step measured without checkpointing:
 
 * a storage created inside ``c`` and saved for backward only by ops inside ``c`` is *dropped*:
   it is freed when ``c`` returns (an autocast weight copy when the forward's autocast region
-  ends: autocast caches it until then), and allocated again at ``c``'s recomputation;
-* the recomputation happens when backward first reaches ``c``: just after the last release of a
-  saved storage that precedes the first release of one of ``c``'s dropped storages; the
-  recompute's own transient bytes (the largest unsaved live set inside ``c``'s forward) are added
-  at that point as a spike;
+  ends: autocast caches it until then), and allocated again at ``c``'s recomputation; one
+  saved by ops outside ``c`` too is *shared*: the original lives until those ops' backward is
+  done and the recomputation's copy replaces it (no net change);
+* the recomputation runs when backward first unpacks a storage saved by an op inside ``c``
+  (the tracker's unpack hook records when); its own curve is ``c``'s forward replayed: dropped
+  and shared storages accumulate, unsaved ones come and go, and the autocast weight copies made
+  inside ``c`` are made again (autocast's cache starts empty). Its peak above the recomputed
+  storages is inserted as a spike at that point;
 * ``c``'s inputs are kept alive by the checkpoint until ``c``'s backward has finished.
 
 Batch size: two steps measured at different batch sizes run the same ops, so their events
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -68,33 +71,64 @@ def outermost_calls(trace: StepTrace, names: Iterable[str]) -> dict[int, int]:
     return owner
 
 
-def dropped_records(trace: StepTrace, owner: dict[int, int]) -> dict[int, list[int]]:
-    """Checkpointed call id -> record indices its checkpointing drops (see module docstring).
-    A saved storage never freed in a step with a backward is held elsewhere: not dropped."""
+@dataclass
+class Recomputed:
+    """What checkpointing one call changes (record indices): ``dropped`` storages are freed
+    when the call returns and allocated again by its recomputation; ``shared`` ones are also
+    saved by ops outside the call: the original lives until those ops' backward is done, and
+    the recomputation's copy takes its place for the call's own backward (no net change, but
+    their unpacking marks when the recomputation runs)."""
+
+    dropped: list[int] = field(default_factory=list)
+    shared: list[int] = field(default_factory=list)
+
+    @property
+    def all(self) -> list[int]:
+        return self.dropped + self.shared
+
+
+def recomputed_records(trace: StepTrace, owner: dict[int, int]) -> dict[int, Recomputed]:
+    """Checkpointed call id -> the storages its checkpointing drops or duplicates (see the
+    module docstring). A saved storage never freed in a step with a backward is held elsewhere:
+    left alone."""
     with_backward = ("backward", 0) in trace.phase_ranges
-    out: dict[int, list[int]] = {}
+    out: dict[int, Recomputed] = {}
     for idx, r in enumerate(trace.records):
         if r.alloc < 0 or not r.saved_by or r.phase != "forward":
             continue
         if with_backward and r.free is None:
             continue
         c = next((owner[cid] for cid in r.stack if cid in owner), None)
-        if c is None or not all(c in stack for stack in r.saved_by):
+        if c is None:
             continue
-        out.setdefault(c, []).append(idx)
+        inside = [c in stack for stack in r.saved_by]
+        if all(inside):
+            out.setdefault(c, Recomputed()).dropped.append(idx)
+        elif any(inside):
+            out.setdefault(c, Recomputed()).shared.append(idx)
     return out
 
 
-def _transient(trace: StepTrace, call_id: int) -> int:
-    """Largest live total of unsaved storages created inside the call, during its forward."""
+def _recompute_peak(trace: StepTrace, call_id: int, kept: Iterable[int]) -> int:
+    """Peak bytes the call's recomputation holds at once, replaying its forward: the ``kept``
+    storages (saved inside it, recomputed for its backward) accumulate, the unsaved ones come
+    and go, and the autocast weight copies made inside it count as well (autocast's cache is
+    empty when the recomputation starts, so it casts those weights again; they live until the
+    recomputation ends)."""
     call = trace.calls[call_id]
-    live = peak = 0
+    keep = set(kept)
+    held = live = peak = 0
     for idx, sign in trace.events[call.enter : call.exit]:
         r = trace.records[idx]
-        if r.saved_by or r.param_cast or not (call.enter <= r.alloc < call.exit):
+        if not (call.enter <= r.alloc < call.exit):
             continue
-        live += sign * r.nbytes
-        peak = max(peak, live)
+        if idx in keep:
+            held += r.nbytes if sign > 0 else 0
+        elif r.saved_by and not r.param_cast:
+            continue
+        else:
+            live += sign * r.nbytes
+        peak = max(peak, held + live)
     return peak
 
 
@@ -118,10 +152,17 @@ def module_stats(trace: StepTrace) -> list[ModuleStats]:
         for cid, call in enumerate(trace.calls):  # descendants of these calls
             if call.parent in owner and cid not in owner:
                 owner[cid] = owner[call.parent]
-        drops = dropped_records(trace, owner)
+        redo = recomputed_records(trace, owner)
         size = lambda ids: sum(trace.records[i].nbytes for i in ids)  # noqa: E731
-        drop = sum(size(ids) for ids in drops.values())
-        spike = max((size(drops.get(c, [])) + _transient(trace, c) for c in cids), default=0)
+        drop = sum(size(x.dropped) for x in redo.values())
+        spike = max(  # shared storages are alive anyway: their recomputed copies replace them
+            (
+                _recompute_peak(trace, c, redo[c].all) - size(redo[c].shared)
+                for c in cids
+                if c in redo
+            ),
+            default=0,
+        )
         stats.append(
             ModuleStats(
                 qname=qname,
@@ -150,7 +191,8 @@ class Replay:
 
 
 def replay(trace: StepTrace, checkpoint: Iterable[str] = ()) -> Replay:
-    """The step's memory curve with ``checkpoint`` applied (module docstring). Without
+    """The step's memory curve with ``checkpoint`` applied (module docstring): the qualified
+    names ``checkpoint_targets`` resolves a recipe's names to (class names match too). Without
     checkpointing this is exactly the measured tracked curve."""
     n = len(trace.events)
     recs = trace.records
@@ -192,22 +234,20 @@ def _apply_checkpointing(
 ) -> None:
     recs = trace.records
     owner = outermost_calls(trace, names)
-    drops = dropped_records(trace, owner)
     saved_frees = sorted(r.free for r in recs if r.saved_by and r.free is not None and r.alloc >= 0)
     retained: dict[int, int] = {}  # input record -> event index where the checkpoint releases it
-    for cid, ids in drops.items():
+    for cid, redo in recomputed_records(trace, owner).items():
         call = trace.calls[cid]
         fwd_end = trace.phase_ranges.get(("forward", call.micro), (0, call.exit))[1]
         bwd_start = trace.phase_ranges.get(("backward", call.micro), (fwd_end, fwd_end))[0]
-        first_free = min(recs[i].free for i in ids)
-        k = bisect.bisect_left(saved_frees, first_free) - 1
-        recompute = saved_frees[k] + 1 if k >= 0 and saved_frees[k] >= bwd_start else bwd_start
-        for i in ids:
+        recompute = _recompute_event(trace, cid, redo, saved_frees, bwd_start)
+        for i in redo.dropped:  # freed early, allocated again by the recomputation
             r = recs[i]
             delta[fwd_end if r.param_cast else call.exit] -= r.nbytes
             delta[recompute] += r.nbytes
-        spikes[recompute] = spikes.get(recompute, 0) + _transient(trace, cid)
-        release = max(recs[i].free for i in ids)
+        extra = _recompute_peak(trace, cid, redo.all) - sum(recs[i].nbytes for i in redo.all)
+        spikes[recompute] = spikes.get(recompute, 0) + max(extra, 0)
+        release = max(recs[i].free for i in redo.all)
         for i in call.inputs:
             r = recs[i]
             if r.alloc >= 0 and r.free is not None and r.free < bwd_start:
@@ -215,6 +255,23 @@ def _apply_checkpointing(
     for i, release in retained.items():
         delta[recs[i].free] += recs[i].nbytes
         delta[release] -= recs[i].nbytes
+
+
+def _recompute_event(
+    trace: StepTrace, cid: int, redo: Recomputed, saved_frees: list[int], bwd_start: int
+) -> int:
+    """Event index before which the recomputation of call ``cid`` runs: the first time backward
+    unpacks a storage that an op inside the call saved (recorded by the tracker's unpack hook).
+    Traces without unpack records fall back to just after the last release of a saved storage
+    that precedes the first release of one of the call's storages."""
+    unpacks = [
+        event for i in redo.all for event, stack in trace.records[i].unpacked if cid in stack
+    ]
+    if unpacks:
+        return max(min(unpacks), bwd_start)
+    first_free = min(trace.records[i].free for i in redo.all)
+    k = bisect.bisect_left(saved_frees, first_free) - 1
+    return saved_frees[k] + 1 if k >= 0 and saved_frees[k] >= bwd_start else bwd_start
 
 
 @dataclass

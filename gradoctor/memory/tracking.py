@@ -80,6 +80,8 @@ class StorageRecord:
     saved_by: list[tuple[int, ...]] = field(default_factory=list)  # call stacks of its savers
     param_cast: bool = False  # an autocast copy of a parameter (a "weight copy")
     kind: str = ""  # gradient | optimizer_state | autocast_weight | activation | batch | temporary
+    unpacked: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)  # backward reads:
+    #   (events before the read, call stack of the op that saved it)
 
 
 @dataclass
@@ -155,7 +157,7 @@ class StepTracker(TorchDispatchMode):
         if params is None:  # else: stand-ins (e.g. meta tensors run through functional_call)
             params = list(model.parameters()) + list(model.buffers())
         param_bytes, self.param_keys = unique_bytes(params, self.device_type)
-        state = _optimizer_tensors(optimizer) if optimizer is not None else []
+        state = optimizer_tensors(optimizer) if optimizer is not None else []
         state_bytes, state_keys = unique_bytes(state, self.device_type)
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         grad_bytes, grad_keys = unique_bytes(grads, self.device_type)
@@ -202,7 +204,7 @@ class StepTracker(TorchDispatchMode):
             handles.append(module.register_forward_hook(self._post_hook, always_call=True))
         self._active = True
         try:
-            with torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack), self:
+            with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack), self:
                 yield self
         finally:
             self._active = False  # frees after the step are not recorded
@@ -274,7 +276,7 @@ class StepTracker(TorchDispatchMode):
         self.event_phase.append(self.phase)
         self.event_micro.append(self.micro)
 
-    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+    def _pack(self, t: torch.Tensor) -> Any:
         if not isinstance(t, torch.Tensor) or t.device.type != self.device_type:
             return t
         key = storage_key(t)
@@ -292,7 +294,15 @@ class StepTracker(TorchDispatchMode):
         stack = tuple(self.stack)
         if stack not in self.records[idx].saved_by:
             self.records[idx].saved_by.append(stack)
-        return t
+        return _Saved(t, idx, stack)
+
+    def _unpack(self, packed: Any) -> Any:
+        """Backward reads a saved tensor: this is when a checkpointed region recomputes."""
+        if not isinstance(packed, _Saved):
+            return packed
+        if self._active:
+            self.records[packed.idx].unpacked.append((len(self.events), packed.stack))
+        return packed.tensor
 
     def _pre_hook(self, qname: str):
         def hook(module: torch.nn.Module, args: Any, kwargs: Any) -> None:
@@ -358,8 +368,14 @@ class StepTracker(TorchDispatchMode):
         )
 
 
-def _unpack(t: torch.Tensor) -> torch.Tensor:
-    return t
+@dataclass
+class _Saved:
+    """What the pack hook hands autograd in place of a saved tensor (it holds the tensor, so
+    the storage lives exactly as long as without the hook)."""
+
+    tensor: torch.Tensor
+    idx: int
+    stack: tuple[int, ...]
 
 
 def _keys(items: Iterable[Any]) -> set[int]:
@@ -376,7 +392,7 @@ def _key_in(t: Any, keys: set[int]) -> bool:
     return isinstance(t, torch.Tensor) and storage_key(t) in keys
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+def optimizer_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [
         v
         for state in optimizer.state.values()

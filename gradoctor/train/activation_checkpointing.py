@@ -19,29 +19,41 @@ def _checkpointed(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any
     return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
-def apply_checkpointing(model: torch.nn.Module, names: list[str]) -> Callable[[], None]:
-    """Wrap the forward of every module whose class name or qualified name is in ``names``.
+_CONTAINERS = (torch.nn.ModuleList, torch.nn.ModuleDict)
 
-    A module nested inside one already wrapped is left alone (its activations are not saved
-    anyway). Returns a function that removes every wrapper. Raises RecipeError for a name that
-    matches nothing, with a "did you mean".
-    """
+
+def checkpoint_targets(model: torch.nn.Module, names: list[str]) -> tuple[list[str], list[str]]:
+    """``(qualified names to wrap, names that match nothing)`` for ``names`` (class or
+    qualified names). A module nested inside one already wrapped is left out (its activations
+    are not saved anyway). A ``ModuleList`` / ``ModuleDict`` is never called, so naming one
+    means each of its entries. The memory profiler predicts from the same list."""
     wanted = set(names)
     matched: set[str] = set()
     wrapped: list[str] = []
-    modules = dict(model.named_modules())
-    for qname, module in modules.items():
+    for qname, module in model.named_modules():
         hit = {qname, type(module).__name__} & wanted
         if not hit:
             continue
         matched |= hit
         if any(qname.startswith(w + ".") for w in wrapped):
             continue
-        module.forward = functools.partial(_checkpointed, module.forward)
+        if isinstance(module, _CONTAINERS):
+            wanted |= {
+                f"{qname}.{child}" if qname else child for child, _ in module.named_children()
+            }
+            continue
         wrapped.append(qname)
-    missing = [n for n in names if n not in matched]
+    return wrapped, [n for n in names if n not in matched]
+
+
+def apply_checkpointing(model: torch.nn.Module, names: list[str]) -> Callable[[], None]:
+    """Wrap the forward of every module :func:`checkpoint_targets` names (non-reentrant
+    ``torch.utils.checkpoint``). Returns a function that removes every wrapper. Raises
+    RecipeError for a name that matches nothing, with a "did you mean".
+    """
+    modules = dict(model.named_modules())
+    wrapped, missing = checkpoint_targets(model, names)
     if missing:
-        _restore(modules, wrapped)
         candidates = sorted(
             {type(m).__name__ for m in modules.values()} | {q for q in modules if q}
         )
@@ -59,6 +71,8 @@ def apply_checkpointing(model: torch.nn.Module, names: list[str]) -> Callable[[]
                 )
             )
         raise RecipeError(problems)
+    for qname in wrapped:
+        modules[qname].forward = functools.partial(_checkpointed, modules[qname].forward)
     return functools.partial(_restore, modules, wrapped)
 
 

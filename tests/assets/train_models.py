@@ -177,3 +177,26 @@ class HugeGradients(Tiny):
 
     def forward(self, x):
         return super().forward(x) * 1e4
+
+
+class LateMomentumSGD(torch.optim.SGD):
+    """SGD whose momentum buffers appear only at its second step (state created late, as by
+    an optimizer with a warm-up phase): the first applied step is not yet the steady state."""
+
+    def __init__(self, params, lr=1e-3):
+        super().__init__(params, lr=lr)
+        self.calls = 0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.calls += 1
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if self.calls >= 2:
+                    buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
+                    buf.mul_(0.9).add_(p.grad)
+                    p.add_(buf, alpha=-group["lr"])
+                else:
+                    p.add_(p.grad, alpha=-group["lr"])

@@ -5,6 +5,7 @@ import pytest
 from gradoctor.memory.measure import Config, ProfileSession
 from gradoctor.memory.model import Line, fit_peak_model, replay
 from gradoctor.recipe import load_recipe
+from gradoctor.train.activation_checkpointing import checkpoint_targets
 from tests.memory.conftest import memory_recipe
 
 
@@ -28,7 +29,8 @@ def test_replay_without_checkpointing_is_the_measured_curve(stack_session):
 @pytest.mark.parametrize("names", [["Block"], ["blocks.1", "blocks.3"], ["blocks"]])
 def test_checkpoint_replay_predicts_the_measured_peak(stack_session, names):
     traces = {b: _trace(stack_session, b) for b in (8, 16)}
-    model = fit_peak_model(traces, names, None)
+    targets, _ = checkpoint_targets(stack_session.model, names)  # what the loop wraps
+    model = fit_peak_model(traces, targets, None)
     for batch in (8, 16, 64):
         measured = _trace(stack_session, batch, names).peak()[0]
         assert model(batch) == pytest.approx(measured, rel=0.01), (names, batch)

@@ -68,3 +68,58 @@ def fixed_size_data(n: int = 64):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(n, D, generator=g), torch.randint(0, C, (n,), generator=g)
     return [(x[i : i + 16], y[i : i + 16]) for i in range(0, n, 16)]
+
+
+class ResBlock(nn.Module):
+    """``relu(bn2(conv2(relu(bn1(conv1(x))))) + x)`` with in-place ReLUs, as torchvision's."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        y = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(y)) + x)
+
+
+class ResNetish(nn.Module):
+    """Stem conv, two :class:`ResBlock` s, max-pool, global average pool, linear head.
+    Input ``[B, 3, 8, 8]``."""
+
+    def __init__(self, c: int = 8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.ReLU(inplace=True))
+        self.layer = nn.Sequential(ResBlock(c), ResBlock(c))
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Linear(c, C)
+
+    def forward(self, x):
+        return self.head(self.pool(self.layer(self.stem(x))).mean((2, 3)))
+
+
+class SharedSave(nn.Module):
+    """``body = Sequential(Linear, ReLU)`` then ``head = Linear``: the ReLU's output is saved
+    both inside ``body`` (by ReLU) and outside it (by ``head``), so checkpointing ``body`` keeps
+    it; under autocast the recomputation casts ``body``'s weights again."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(D, H), nn.ReLU())
+        self.head = nn.Linear(H, C)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def images(batch_size: int = 8, n: int = 64):
+    """``(x [B, 3, 8, 8] float32, y [B] int64)``; accepts ``batch_size``."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, 8, 8, generator=g)
+    y = torch.randint(0, C, (n,), generator=g)
+    return torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=False
+    )
