@@ -18,6 +18,9 @@ python -c "import torch; print('device:', torch.cuda.get_device_name(), '| torch
 section "CUDA tests (pytest -m cuda)" &&
   timeout 200 python -m pytest -q -m cuda -p no:cacheprovider tests 2>&1 | tee "$OUT/cuda_tests.log" | tail -n 25
 
+[ -f bench/memory_accuracy.py ] && section "memory-profile: predicted vs measured peak (goal within 5%)" &&
+  timeout 150 python bench/memory_accuracy.py 2>&1 | tail -n 40
+
 section "distributed: world size 1 over NCCL (torchrun, DDP)" &&
   timeout 90 python -m torch.distributed.run --standalone --nproc-per-node 1 -m gradoctor train recipes/mlp.yaml -q train.device=cuda distributed.strategy=ddp train.steps=50 "output.dir=$OUT/runs/ddp_nccl" 2>&1 | tail -n 5 && python -c "import json,sys; d=json.load(open(sys.argv[1])); print('ddp/nccl', d['status'], d['distributed']['backend'], 'world', d['distributed']['world_size'], 'peak', d['distributed']['memory_per_rank'][0]['device_peak'])" "$OUT/runs/ddp_nccl/report.json"
 
@@ -40,8 +43,6 @@ done
 section "NaN replay cost vs a normal step" &&
   timeout 90 python bench/replay_cost.py --gpu 2>&1 | grep -v "^\s*$" | tail -n 4
 
-[ -f bench/memory_accuracy.py ] && section "memory-profile: predicted vs measured peak (goal within 5%)" &&
-  timeout 120 python bench/memory_accuracy.py 2>&1 | tail -n 40
 
 [ -f bench/checkgrads_speed.py ] && section "check-grads speed" &&
   timeout 60 python bench/checkgrads_speed.py 2>&1 | tail -n 12
