@@ -114,11 +114,21 @@ def _recompute_peak(trace: StepTrace, call_id: int, kept: Iterable[int]) -> int:
     storages (saved inside it, recomputed for its backward) accumulate, the unsaved ones come
     and go, and the autocast weight copies made inside it count as well (autocast's cache is
     empty when the recomputation starts, so it casts those weights again; they live until the
-    recomputation ends)."""
+    recomputation ends). On CUDA each op's own allocator peak inside the call (its outputs and
+    workspace, e.g. cuDNN's) recurs in the recomputation and counts too."""
     call = trace.calls[call_id]
     keep = set(kept)
+    op_peaks: dict[int, int] = {}  # event position -> largest op peak starting there
+    lo = bisect.bisect_left(trace.op_spikes, (call.enter, -1))
+    for pos, extra in trace.op_spikes[lo:]:
+        if pos >= call.exit:
+            break
+        op_peaks[pos] = max(op_peaks.get(pos, 0), extra)
     held = live = peak = 0
-    for idx, sign in trace.events[call.enter : call.exit]:
+    for i in range(call.enter, call.exit):
+        if i in op_peaks:
+            peak = max(peak, held + live + op_peaks[i])
+        idx, sign = trace.events[i]
         r = trace.records[idx]
         if not (call.enter <= r.alloc < call.exit):
             continue

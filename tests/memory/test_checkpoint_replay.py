@@ -15,7 +15,7 @@ outermost wins) and regions that save nothing."""
 import pytest
 
 from gradoctor.memory.measure import Config, ProfileSession
-from gradoctor.memory.model import replay
+from gradoctor.memory.model import _recompute_peak, replay
 from gradoctor.recipe import load_recipe
 from gradoctor.train.activation_checkpointing import checkpoint_targets
 from tests.memory.conftest import MODELS, memory_recipe
@@ -63,3 +63,24 @@ def test_a_module_list_named_as_a_whole_means_each_entry():
         ["blocks.0", "blocks.1", "blocks.2"],
         ["nope"],
     )
+
+
+def test_an_ops_own_cuda_peak_recurs_in_the_recomputation():
+    """CUDA traces carry each op's allocator peak (outputs and workspace, e.g. cuDNN's): an op
+    inside a checkpointed module runs again in its recomputation, so its peak counts there too.
+    CPU traces have none, so one is injected: a 1 GB workspace for the module's first op."""
+    session = ProfileSession(load_recipe(memory_recipe("Stack", **{"model.depth": 3})))
+    session.step(Config("fp32", (), 16), track=True)
+    trace = session.step(Config("fp32", (), 16), track=True).trace
+    call = next(c for c in trace.calls if c.qname == "blocks.1")
+    without = replay(trace, ["blocks.1"]).peak
+    huge = 10**9
+    trace.op_spikes = [(call.enter, huge)]
+    # nothing else is alive in the recomputation when its first op starts: the spike is all
+    assert _recompute_peak(trace, trace.calls.index(call), []) == huge
+    with_spike = replay(trace, ["blocks.1"])
+    assert with_spike.phase_peaks["forward"] > huge  # the op itself
+    assert with_spike.phase_peaks["backward"] > huge  # and again in the recomputation
+    trace.op_spikes = [(call.exit, 123)]  # an op after the module: not part of its recompute
+    assert _recompute_peak(trace, trace.calls.index(call), []) < huge
+    assert replay(trace, ["blocks.1"]).peak == without
