@@ -179,9 +179,9 @@ def measure(session: ProfileSession, steps: int) -> Measurements:
                 raise
             m.traces.pop(prec, None)
             m.notes.append(f"{prec} could not run here ({exc.message.splitlines()[0]})")
-    _remeasure_stale(session, m)
     m.timing = session.step(Config(precision, (), batch), time_modules=True)
     m.steps += 1
+    _remeasure_stale(session, m)  # after every real step of the profile, the timing one too
     try:
         m.flops = session.forward_flops(Config(precision, (), batch))
     except Exception as exc:  # FLOP counting is best effort; the plan then uses forward time
@@ -214,7 +214,7 @@ def _remeasure_stale(session: ProfileSession, m: Measurements) -> None:
     optimizer that creates state late, creates none) would otherwise under-predict by the state's
     bytes at its batch size and bend the batch-size fit. Costs nothing when the state is complete
     after the warm-up step, the usual case."""
-    steady, _ = unique_bytes(optimizer_tensors(session.optimizer), session.device.type)
+    steady = _state_bytes(session)
     stale = [
         (prec, size)
         for prec, by_size in m.traces.items()
@@ -223,7 +223,7 @@ def _remeasure_stale(session: ProfileSession, m: Measurements) -> None:
     ]
     for prec, size in stale:
         _tracked(session, m, Config(prec, (), size), 1)
-    now, _ = unique_bytes(optimizer_tensors(session.optimizer), session.device.type)
+    now = _state_bytes(session)
     if stale and any(
         t.static["optimizer_state"] != now
         for by_size in m.traces.values()
@@ -233,6 +233,10 @@ def _remeasure_stale(session: ProfileSession, m: Measurements) -> None:
             "the optimizer's state kept changing size across the profiled steps: predictions "
             "use the last measured steps and may be off by the state still to be created"
         )
+
+
+def _state_bytes(session: ProfileSession) -> int:
+    return unique_bytes(optimizer_tensors(session.optimizer), session.device.type)[0]
 
 
 def _release(session: ProfileSession) -> None:
@@ -273,8 +277,16 @@ def analyse(
     checks: list[SelfCheck] = []
     if check:
         t0 = time.perf_counter()
+        state_before = _state_bytes(session)
         checks = self_check(session, rows, device_budget)
         check_seconds = time.perf_counter() - t0
+        if _state_bytes(session) != state_before:
+            m.notes.append(
+                "the optimizer created more state during the self-check steps than in the "
+                "profiled ones: predictions are low by about "
+                f"{format_bytes(_state_bytes(session) - state_before)}; profile again "
+                "after a few training steps (e.g. from a checkpoint)"
+            )
     step_s = timing.seconds or 1e-9
     return MemoryProfile(
         recipe=str(recipe.name),

@@ -189,7 +189,10 @@ class ProfileSession:
         with tracker.tracking() if tracker else contextlib.nullcontext():
             for micro in range(accum):
                 with self._phase(out, tracker, "data", micro):
-                    batch = to_device(self._next(config.batch_size), device)
+                    with tracker.deferred() if tracker else contextlib.nullcontext():
+                        host = self._next(config.batch_size)
+                    batch = to_device(host, device)
+                    del host
                 with self._phase(out, tracker, "forward", micro):
                     with timer.forward() if timer else contextlib.nullcontext():
                         with autocast(config.precision, device):

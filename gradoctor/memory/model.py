@@ -109,23 +109,38 @@ def recomputed_records(trace: StepTrace, owner: dict[int, int]) -> dict[int, Rec
     return out
 
 
-def _recompute_peak(trace: StepTrace, call_id: int, kept: Iterable[int]) -> int:
-    """Peak bytes the call's recomputation holds at once, replaying its forward: the ``kept``
-    storages (saved inside it, recomputed for its backward) accumulate, the unsaved ones come
-    and go, and the autocast weight copies made inside it count as well (autocast's cache is
-    empty when the recomputation starts, so it casts those weights again; they live until the
-    recomputation ends). On CUDA each op's own allocator peak inside the call (its outputs and
-    workspace, e.g. cuDNN's) recurs in the recomputation and counts too."""
+def last_packs(trace: StepTrace) -> dict[int, int]:
+    """Call id -> position of the last tensor saved for backward by an op inside the call
+    (parameters included). A checkpoint's recomputation stops right there (early stop, on by
+    default in ``torch.utils.checkpoint``): the ops after it do not run again."""
+    last: dict[int, int] = {}
+    for pos, stack in trace.packs:
+        for cid in stack:
+            last[cid] = max(last.get(cid, pos), pos)
+    return last
+
+
+def _recompute_peak(
+    trace: StepTrace, call_id: int, kept: Iterable[int], stop: int | None = None
+) -> int:
+    """Peak bytes the call's recomputation holds at once, replaying its forward up to ``stop``
+    (its last save; the call's end when unknown): the ``kept`` storages (saved inside it,
+    recomputed for its backward) accumulate, every other storage it creates comes and goes as
+    in the forward (those saved only by ops after the call are dropped when the recomputation
+    stops), and the autocast weight copies made inside it count as well (autocast's cache is
+    empty when the recomputation starts, so it casts those weights again). On CUDA each op's
+    own allocator peak inside the call (its outputs and workspace, e.g. cuDNN's) recurs."""
     call = trace.calls[call_id]
+    end = call.exit if stop is None else min(max(stop, call.enter), call.exit)
     keep = set(kept)
     op_peaks: dict[int, int] = {}  # event position -> largest op peak starting there
     lo = bisect.bisect_left(trace.op_spikes, (call.enter, -1))
     for pos, extra in trace.op_spikes[lo:]:
-        if pos >= call.exit:
+        if pos >= end:
             break
         op_peaks[pos] = max(op_peaks.get(pos, 0), extra)
     held = live = peak = 0
-    for i in range(call.enter, call.exit):
+    for i in range(call.enter, end):
         if i in op_peaks:
             peak = max(peak, held + live + op_peaks[i])
         idx, sign = trace.events[i]
@@ -134,8 +149,6 @@ def _recompute_peak(trace: StepTrace, call_id: int, kept: Iterable[int]) -> int:
             continue
         if idx in keep:
             held += r.nbytes if sign > 0 else 0
-        elif r.saved_by and not r.param_cast:
-            continue
         else:
             live += sign * r.nbytes
         peak = max(peak, held + live)
@@ -163,11 +176,12 @@ def module_stats(trace: StepTrace) -> list[ModuleStats]:
             if call.parent in owner and cid not in owner:
                 owner[cid] = owner[call.parent]
         redo = recomputed_records(trace, owner)
+        stops = last_packs(trace)
         size = lambda ids: sum(trace.records[i].nbytes for i in ids)  # noqa: E731
         drop = sum(size(x.dropped) for x in redo.values())
         spike = max(  # shared storages are alive anyway: their recomputed copies replace them
             (
-                _recompute_peak(trace, c, redo[c].all) - size(redo[c].shared)
+                _recompute_peak(trace, c, redo[c].all, stops.get(c)) - size(redo[c].shared)
                 for c in cids
                 if c in redo
             ),
@@ -246,6 +260,7 @@ def _apply_checkpointing(
     owner = outermost_calls(trace, names)
     saved_frees = sorted(r.free for r in recs if r.saved_by and r.free is not None and r.alloc >= 0)
     retained: dict[int, int] = {}  # input record -> event index where the checkpoint releases it
+    stops = last_packs(trace)
     for cid, redo in recomputed_records(trace, owner).items():
         call = trace.calls[cid]
         fwd_end = trace.phase_ranges.get(("forward", call.micro), (0, call.exit))[1]
@@ -255,12 +270,19 @@ def _apply_checkpointing(
             r = recs[i]
             delta[fwd_end if r.param_cast else call.exit] -= r.nbytes
             delta[recompute] += r.nbytes
-        extra = _recompute_peak(trace, cid, redo.all) - sum(recs[i].nbytes for i in redo.all)
+        for i in redo.shared:  # the original goes when the savers after the call let go of it;
+            r = recs[i]  # the recomputation's copy lives until the original's release
+            outside = [pos for pos, stack in r.released if cid not in stack]
+            if outside:
+                delta[max(outside)] -= r.nbytes
+                delta[recompute] += r.nbytes
+        extra = _recompute_peak(trace, cid, redo.all, stops.get(cid))
+        extra -= sum(recs[i].nbytes for i in redo.all)
         spikes[recompute] = spikes.get(recompute, 0) + max(extra, 0)
         release = max(recs[i].free for i in redo.all)
-        for i in call.inputs:
+        for i in call.inputs:  # the checkpoint holds its inputs until its backward is done
             r = recs[i]
-            if r.alloc >= 0 and r.free is not None and r.free < bwd_start:
+            if r.alloc >= 0 and r.free is not None and r.free < release:
                 retained[i] = max(retained.get(i, 0), release)
     for i, release in retained.items():
         delta[recs[i].free] += recs[i].nbytes
@@ -354,7 +376,7 @@ class PeakModel:
 
 def paired(a: StepTrace, b: StepTrace) -> bool:
     """Whether two steps ran the same sequence of allocations and frees (so events pair up)."""
-    if len(a.events) != len(b.events):
+    if len(a.events) != len(b.events) or len(a.op_spikes) != len(b.op_spikes):
         return False
     return all(
         ea[1] == eb[1] and a.records[ea[0]].op == b.records[eb[0]].op

@@ -46,8 +46,12 @@ def storage_key(t: torch.Tensor) -> int | None:
 
 def storage_bytes(t: torch.Tensor) -> int:
     """Bytes of ``t``'s whole storage (not just the view), rounded as the device allocates."""
-    n = t.untyped_storage().nbytes()
-    if t.device.type == "cuda":
+    return _rounded(t.untyped_storage())
+
+
+def _rounded(storage: torch.UntypedStorage) -> int:
+    n = storage.nbytes()
+    if storage.device.type == "cuda":
         n = max(1, -(-n // _CUDA_GRANULARITY)) * _CUDA_GRANULARITY
     return n
 
@@ -81,6 +85,8 @@ class StorageRecord:
     kind: str = ""  # gradient | optimizer_state | autocast_weight | activation | batch | temporary
     unpacked: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)  # backward reads:
     #   (events before the read, call stack of the op that saved it)
+    released: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)  # a saver let go:
+    #   (events before autograd released its saved copy, call stack of that saver)
 
 
 @dataclass
@@ -111,6 +117,8 @@ class StepTrace:
     phase_ranges: dict[tuple[str, int], tuple[int, int]]  # (phase, micro) -> [start, end)
     # CUDA: (events before the op, allocator peak during the op minus allocated before it)
     op_spikes: list[tuple[int, int]] = field(default_factory=list)
+    # every tensor autograd saved in the step, parameters included: (events before, call stack)
+    packs: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
 
     def live_curve(self) -> list[int]:
         """Bytes alive (static included) after each event; index ``i`` is after event ``i``."""
@@ -151,6 +159,8 @@ class StepTracker(TorchDispatchMode):
         self.device = device
         self.cuda = device.type == "cuda"
         self.op_spikes: list[tuple[int, int]] = []
+        self.packs: list[tuple[int, tuple[int, ...]]] = []
+        self._deferred: list[tuple[weakref.ref, torch.Tensor | None]] | None = None
         self.device_peak = 0  # CUDA: the largest allocator peak of any op since the last read
         self.model = model
         if params is None:  # else: stand-ins (e.g. meta tensors run through functional_call)
@@ -211,7 +221,30 @@ class StepTracker(TorchDispatchMode):
                 handle.remove()
             self._refs.clear()
 
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Storages created inside are recorded on exit, and only those still alive then: the
+        batch a data component returns, not a short batch it skipped or collation temporaries,
+        so steps at two batch sizes still pair up event by event."""
+        self._deferred = []
+        try:
+            yield
+        finally:
+            pending, self._deferred = self._deferred, None
+            for ref, key, op in pending:
+                storage = ref()
+                if storage is not None and key not in self.live:
+                    self._new_storage(storage, key, op, False)
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        if self._deferred is not None:
+            out = func(*args, **(kwargs or {}))
+            inputs = _keys(_tensors((args, kwargs)))  # views of existing data are not new
+            for t in (out,) if isinstance(out, torch.Tensor) else _tensors(out):
+                key = storage_key(t) if t.device.type == self.device_type else None
+                if key is not None and key not in self.static_keys and key not in inputs:
+                    self._deferred.append((weakref.ref(t.untyped_storage()), key, str(func)))
+            return out
         if self.cuda:  # the op's own peak, workspaces included (host-side counters)
             position = len(self.events)
             before = torch.cuda.memory_allocated(self.device)
@@ -244,11 +277,17 @@ class StepTracker(TorchDispatchMode):
         return out
 
     def _new(self, t: torch.Tensor, key: int, op: str, param_cast: bool) -> int:
+        return self._new_storage(t.untyped_storage(), key, op, param_cast)
+
+    def _new_storage(
+        self, storage: torch.UntypedStorage, key: int, op: str, param_cast: bool
+    ) -> int:
         idx = len(self.records)
+        nbytes = _rounded(storage)
         self.records.append(
             StorageRecord(
                 key=key,
-                nbytes=storage_bytes(t),
+                nbytes=nbytes,
                 phase=self.phase,
                 micro=self.micro,
                 stack=tuple(self.stack),
@@ -259,7 +298,7 @@ class StepTracker(TorchDispatchMode):
         )
         self.live[key] = idx
         self._event(idx, +1)
-        self._refs[idx] = weakref.ref(t.untyped_storage(), lambda _r, idx=idx: self._freed(idx))
+        self._refs[idx] = weakref.ref(storage, lambda _r, idx=idx: self._freed(idx))
         return idx
 
     def _freed(self, idx: int) -> None:
@@ -276,6 +315,8 @@ class StepTracker(TorchDispatchMode):
         self.event_micro.append(self.micro)
 
     def _pack(self, t: torch.Tensor) -> Any:
+        if self._active:  # every save counts toward a checkpoint's early stop, parameters too
+            self.packs.append((len(self.events), tuple(self.stack)))
         if not isinstance(t, torch.Tensor) or t.device.type != self.device_type:
             return t
         key = storage_key(t)
@@ -293,7 +334,11 @@ class StepTracker(TorchDispatchMode):
         stack = tuple(self.stack)
         if stack not in self.records[idx].saved_by:
             self.records[idx].saved_by.append(stack)
-        return _Saved(t, idx, stack)
+        return _Saved(t, idx, stack, self._released)
+
+    def _released(self, idx: int, stack: tuple[int, ...]) -> None:
+        if self._active:
+            self.records[idx].released.append((len(self.events), stack))
 
     def _unpack(self, packed: Any) -> Any:
         """Backward reads a saved tensor: this is when a checkpointed region recomputes."""
@@ -364,17 +409,22 @@ class StepTracker(TorchDispatchMode):
             static=dict(self.static),
             phase_ranges=dict(self._phase_ranges),
             op_spikes=list(self.op_spikes),
+            packs=list(self.packs),
         )
 
 
-@dataclass
 class _Saved:
-    """What the pack hook hands autograd in place of a saved tensor (it holds the tensor, so
-    the storage lives exactly as long as without the hook)."""
+    """What the pack hook hands autograd in place of a saved tensor. It holds the tensor, so
+    the storage lives exactly as long as without the hook, and reports when autograd lets go
+    of it (its saver's backward is done)."""
 
-    tensor: torch.Tensor
-    idx: int
-    stack: tuple[int, ...]
+    __slots__ = ("tensor", "idx", "stack", "_on_release")
+
+    def __init__(self, tensor: torch.Tensor, idx: int, stack: tuple[int, ...], on_release: Any):
+        self.tensor, self.idx, self.stack, self._on_release = tensor, idx, stack, on_release
+
+    def __del__(self) -> None:
+        self._on_release(self.idx, self.stack)
 
 
 def _tensors(obj: Any, out: list[torch.Tensor] | None = None) -> list[torch.Tensor]:

@@ -180,12 +180,12 @@ class HugeGradients(Tiny):
 
 
 class LateMomentumSGD(torch.optim.SGD):
-    """SGD whose momentum buffers appear only at its second step (state created late, as by
-    an optimizer with a warm-up phase): the first applied step is not yet the steady state."""
+    """SGD whose momentum buffers appear only at its ``start``-th step (state created late, as
+    by an optimizer with a warm-up phase): the first applied step is not yet the steady state."""
 
-    def __init__(self, params, lr=1e-3):
+    def __init__(self, params, lr=1e-3, start=2):
         super().__init__(params, lr=lr)
-        self.calls = 0
+        self.calls, self.start = 0, start
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -194,7 +194,7 @@ class LateMomentumSGD(torch.optim.SGD):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if self.calls >= 2:
+                if self.calls >= self.start:
                     buf = self.state[p].setdefault("momentum", torch.zeros_like(p))
                     buf.mul_(0.9).add_(p.grad)
                     p.add_(buf, alpha=-group["lr"])

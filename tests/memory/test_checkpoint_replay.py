@@ -2,28 +2,48 @@
 checkpoint (each module's qualified name and each class name), in every precision.
 
 On CPU the measured quantity is the tracked bytes the replay starts from, so the prediction is
-exact but for one effect the replay does not model: a recomputed tensor is freed as soon as the
-backward node that unpacks it returns, before the engine reduces that node's broadcast gradients
-(a bias gradient's ``sum_to``), while a plainly saved one lives until the node's saved variables
-are released, just after: the replay over-predicts by at most a bias gradient (32 bytes of
-19 KiB for ``Stack`` in 16-bit; 0.5% allowed, most cases exact). Covered: residual blocks with BatchNorm and in-place
+exact, phase by phase, but for two effects the replay does not model, both on the safe side:
+
+* backward: a recomputed tensor is freed as soon as the backward node that unpacks it returns,
+  before the engine reduces that node's broadcast gradients (a bias gradient's ``sum_to``),
+  while a plainly saved one lives until the node's saved variables are released, just after:
+  at most a bias gradient too much (32 bytes of 19 KiB for ``Stack`` in 16-bit; 0.5% allowed);
+* forward: inside a checkpointed module's own forward, a tensor that would be saved is freed
+  as soon as the module's code drops it; the step measured without checkpointing cannot show
+  when that is (autograd held it), so the replay keeps it until the module returns. The
+  forward phase's peak is then over-predicted (never under) by up to that module's
+  activations. That is about what its recomputation holds in backward, so the step's peak is
+  exact when it lies in backward, as in real models where gradients add up there; in these
+  tiny ones it can lie in forward and is then over by up to 3% (DropNet in 16-bit).
+
+Covered: residual blocks with BatchNorm and in-place
 ReLU (torchvision's ResNet pattern), a region whose output is also saved by the op after it
 (its recomputed copy replaces the original), autocast weight copies that the recomputation
 makes again, a ModuleList named as a whole (each entry is checkpointed), nested names (the
-outermost wins) and regions that save nothing."""
+outermost wins), regions that save nothing, a recomputation that stops early (at the region's
+last save: dropout's mask), a region output saved only after the region, a region input saved
+after it (the checkpoint keeps it alive), a region output saved after it too (the original goes
+when that saver lets go, before the recomputation), and gradient accumulation."""
 
 import pytest
 
+import gradoctor
 from gradoctor.memory.measure import Config, ProfileSession
 from gradoctor.memory.model import _recompute_peak, replay
 from gradoctor.recipe import load_recipe
 from gradoctor.train.activation_checkpointing import checkpoint_targets
 from tests.memory.conftest import MODELS, memory_recipe
 
+BUDGET = 1 << 30
+
 CASES = {
     "ResNetish": {"data._component_": f"{MODELS}:images", "data.batch_size": 8},
     "SharedSave": {},
     "Stack": {"model.depth": 3},
+    "DropNet": {},
+    "TwoOutNet": {},
+    "GateNet": {},
+    "TanhChain": {},
 }
 
 
@@ -33,10 +53,14 @@ def _names(model):
     return qnames + classes + [qnames[: len(qnames) // 2]]
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize(
+    ("precision", "accum"), [("fp32", 1), ("bf16", 1), ("fp16", 1), ("bf16", 2)]
+)
 @pytest.mark.parametrize("model", sorted(CASES))
-def test_replay_equals_the_measured_checkpointed_peak(model, precision):
-    recipe = memory_recipe(model, precision=precision, **CASES[model])
+def test_replay_equals_the_measured_checkpointed_peak(model, precision, accum):
+    recipe = memory_recipe(
+        model, precision=precision, **{"train.accum_steps": accum}, **CASES[model]
+    )
     session = ProfileSession(load_recipe(recipe))
     batch = session.recipe_batch_size
     session.step(Config(precision, (), batch), track=True)  # optimizer state now exists
@@ -46,10 +70,19 @@ def test_replay_equals_the_measured_checkpointed_peak(model, precision):
         names = names if isinstance(names, list) else [names]
         targets, missing = checkpoint_targets(session.model, names)
         assert not missing
-        measured = session.step(Config(precision, tuple(names), batch), track=True).trace
-        predicted = replay(plain, targets).peak
-        if abs(predicted - measured.peak()[0]) > 0.005 * measured.peak()[0]:
-            wrong.append((names, predicted, measured.peak()[0]))
+        measured = replay(session.step(Config(precision, tuple(names), batch), track=True).trace)
+        predicted = replay(plain, targets)
+        peaks = {"step": (predicted.peak, measured.peak)}
+        peaks |= {p: (predicted.phase_peaks[p], got) for p, got in measured.phase_peaks.items()}
+        for what, (pred, got) in peaks.items():
+            if what == "forward":
+                ok = pred >= got
+            elif what == "step":
+                ok = -0.005 * got <= pred - got <= 0.05 * got
+            else:
+                ok = abs(pred - got) <= 0.005 * got
+            if not ok:
+                wrong.append((names, what, pred, got))
     assert not wrong
 
 
@@ -84,3 +117,16 @@ def test_an_ops_own_cuda_peak_recurs_in_the_recomputation():
     trace.op_spikes = [(call.exit, 123)]  # an op after the module: not part of its recompute
     assert _recompute_peak(trace, trace.calls.index(call), []) < huge
     assert replay(trace, ["blocks.1"]).peak == without
+
+
+def test_a_short_last_batch_is_skipped_without_breaking_the_batch_fit():
+    """40 samples in batches of 16 end with a batch of 8. It is skipped, and the profiled
+    steps at two batch sizes still pair up event by event, so the fit is exact."""
+    recipe = memory_recipe("Stack", **{"data.n": 40, "model.depth": 3})
+    profile = gradoctor.memory_profile(recipe, batch_sizes="8,16,32", budget=BUDGET)
+    assert profile.checks
+    for check in profile.checks:
+        if check.batch_size == 32:  # 40 samples make one batch of 32 and a short one
+            continue
+        assert check.status == "ok", check
+        assert abs(check.predicted - check.measured) <= 64, check

@@ -40,15 +40,36 @@ def test_fp16_profile_counts_momentum_even_when_calibration_skips(tmp_path):
     _assert_checks_exact(profile)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_optimizer_state_created_late_is_measured_again(tmp_path, precision):
+@pytest.mark.parametrize(
+    ("precision", "start", "steps"),
+    [
+        ("fp32", 2, 7),  # created by the first measured step: it alone is measured again
+        ("bf16", 2, 7),
+        ("fp32", 6, 10),  # created by the module-timing step: the 4 measured steps again
+    ],
+)
+def test_optimizer_state_created_late_is_measured_again(tmp_path, precision, start, steps):
     recipe = base_recipe(
         tmp_path / "run",
-        **{"optimizer._component_": f"{MODELS}:LateMomentumSGD", "precision": precision},
+        **{
+            "optimizer._component_": f"{MODELS}:LateMomentumSGD",
+            "optimizer.start": start,
+            "precision": precision,
+        },
     )
     profile = gradoctor.memory_profile(recipe, batch_sizes="4,8,16")
     sizes = {c.name: c.bytes for c in profile.breakdown}
     assert sizes["optimizer_state"] == sizes["parameters"]
-    assert profile.cost["profile_steps"] == 7  # the usual six, plus the step that created state
-    assert not any("kept changing" in n for n in profile.notes)
+    assert profile.cost["profile_steps"] == steps  # the usual six, plus the re-measured ones
+    assert not any("kept changing" in n or "self-check" in n for n in profile.notes)
     _assert_checks_exact(profile)
+
+
+def test_state_created_during_the_self_check_is_reported(tmp_path):
+    """Beyond the profile's steps nothing can be measured again, but the report says so."""
+    recipe = base_recipe(
+        tmp_path / "run",
+        **{"optimizer._component_": f"{MODELS}:LateMomentumSGD", "optimizer.start": 8},
+    )
+    profile = gradoctor.memory_profile(recipe, batch_sizes="4,8,16")
+    assert any("during the self-check" in n for n in profile.notes)

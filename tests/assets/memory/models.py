@@ -123,3 +123,96 @@ def images(batch_size: int = 8, n: int = 64):
     return torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=False
     )
+
+
+class DropBlock(nn.Module):
+    """``x + dropout(gelu(fc(x)))``: the last tensor it saves is dropout's mask, saved before
+    the product is computed, so a recomputation stops before allocating that product."""
+
+    def __init__(self, width: int = W):
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+        self.drop = nn.Dropout(0.1)
+
+    def forward(self, x):
+        return x + self.drop(torch.nn.functional.gelu(self.fc(x)))
+
+
+class DropNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(D, W)
+        self.blocks = nn.ModuleList(DropBlock() for _ in range(2))
+        self.head = nn.Linear(W, C)
+
+    def forward(self, x):
+        x = self.inp(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+class TwoOut(nn.Module):
+    """Returns ``(u, v)``: ``u`` is saved only by the op after the module (a transient of its
+    recomputation), ``v`` (sigmoid's output) inside and after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(W, W)
+        self.b = nn.Linear(W, W)
+
+    def forward(self, x):
+        u = torch.tanh(self.a(x)) * 2.0
+        return u, torch.sigmoid(self.b(x))
+
+
+class TwoOutNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(D, W)
+        self.blk = TwoOut()
+        self.head = nn.Linear(W, C)
+
+    def forward(self, x):
+        u, v = self.blk(self.inp(x))
+        return self.head(u * v)
+
+
+class Scaled(nn.Module):
+    """Saves ``2 x``, not its input ``x``."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(W, W)
+
+    def forward(self, x):
+        return torch.tanh(self.fc(x * 2.0))
+
+
+class GateNet(nn.Module):
+    """``blk``'s input is saved by the gate after it: a checkpoint of ``blk`` keeps it alive
+    until ``blk``'s backward, past the gate's."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(D, W)
+        self.blk = Scaled()
+        self.mid = nn.Linear(W, W)
+        self.head = nn.Linear(W, C)
+
+    def forward(self, x):
+        x = self.inp(x)
+        return self.head(self.mid(self.blk(x) * x))
+
+
+class TanhChain(nn.Module):
+    """``first = Sequential(Linear, Tanh, Linear, Tanh)`` then a head: the first Tanh's output
+    is saved by the Tanh and by the Linear after it, which lets go of it first in backward."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = nn.Sequential(nn.Linear(D, H), nn.Tanh(), nn.Linear(H, W), nn.Tanh())
+        self.head = nn.Linear(W, C)
+
+    def forward(self, x):
+        return self.head(self.first(x))
