@@ -466,7 +466,9 @@ def self_check(
             continue
         config = Config(row.precision, tuple(row.modules), row.batch_size)
         try:
-            step = session.step(config, track=not session.cuda)
+            # CPU: the tracked byte curve without saved-tensor hooks, which would change
+            # tensor identity in a recomputation (``query is key`` in nn.MultiheadAttention)
+            step = session.step(config, track=not session.cuda, saves=False)
         except torch.OutOfMemoryError:
             _release(session)
             check.status = "oom"

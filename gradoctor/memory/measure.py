@@ -155,13 +155,18 @@ class ProfileSession:
 
     # ---- one step -------------------------------------------------------------------------
     def step(
-        self, config: Config, *, track: bool = False, time_modules: bool = False
+        self,
+        config: Config,
+        *,
+        track: bool = False,
+        time_modules: bool = False,
+        saves: bool = True,
     ) -> StepMeasurement:
         """One optimizer step in ``config``. Raises torch.OutOfMemoryError as is (callers decide),
         UserCodeError when the user's code raises."""
         undo = apply_checkpointing(self.model, list(config.checkpoint))
         try:
-            return self._step(config, track, time_modules)
+            return self._step(config, track, time_modules, saves)
         except (GradoctorError, torch.OutOfMemoryError):
             raise
         except Exception as exc:
@@ -174,10 +179,12 @@ class ProfileSession:
             undo()
             self.optimizer.zero_grad(set_to_none=True)
 
-    def _step(self, config: Config, track: bool, time_modules: bool) -> StepMeasurement:
+    def _step(
+        self, config: Config, track: bool, time_modules: bool, saves: bool = True
+    ) -> StepMeasurement:
         model, opt, device, accum = self.model, self.optimizer, self.device, self.accum
         scaler = self._scaler(config.precision)
-        tracker = StepTracker(model, opt, device) if track else None
+        tracker = StepTracker(model, opt, device, saves=saves) if track else None
         out = StepMeasurement(config, 0.0)
         timer = _ModuleTimer(model, self.cuda) if time_modules else None
         if self.cuda:

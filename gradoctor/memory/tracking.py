@@ -153,8 +153,10 @@ class StepTracker(TorchDispatchMode):
         device: torch.device,
         batch_tensors: Iterable[torch.Tensor] = (),
         params: list[torch.Tensor] | None = None,
+        saves: bool = True,
     ):
         super().__init__()
+        self.saves = saves  # False: no saved-tensor hooks (only the byte curve is wanted)
         self.device_type = device.type
         self.device = device
         self.cuda = device.type == "cuda"
@@ -213,7 +215,12 @@ class StepTracker(TorchDispatchMode):
             handles.append(module.register_forward_hook(self._post_hook, always_call=True))
         self._active = True
         try:
-            with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack), self:
+            hooks = (
+                torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+                if self.saves
+                else contextlib.nullcontext()
+            )
+            with hooks, self:
                 yield self
         finally:
             self._active = False  # frees after the step are not recorded

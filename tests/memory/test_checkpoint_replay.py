@@ -130,3 +130,16 @@ def test_a_short_last_batch_is_skipped_without_breaking_the_batch_fit():
             continue
         assert check.status == "ok", check
         assert abs(check.predicted - check.measured) <= 64, check
+
+
+def test_self_check_of_checkpointed_multihead_attention():
+    """The self-check's measured steps run without saved-tensor hooks: with them, a
+    recomputation would see ``query is key`` False and take another path than its forward
+    (torch raises CheckpointError)."""
+    recipe = memory_recipe("Attn", **{"train.checkpoint": ["mha"]})
+    profile = gradoctor.memory_profile(recipe, batch_sizes="8,16", budget=BUDGET)
+    rows = [c for c in profile.checks if c.checkpoint == "recipe"]
+    assert rows
+    for check in rows:
+        assert check.status == "ok", check
+        assert abs(check.error_pct) <= 0.5, check
