@@ -74,18 +74,24 @@ def _convert(x: Any, dtype: torch.dtype, device: torch.device) -> Any:
     return x
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Tensors the user's code creates follow the reference dtype (float64 runs only)."""
-    old = torch.get_default_dtype()
-    if dtype is not torch.float64 or old is dtype:
-        yield
-        return
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
+_NO_CONTEXT = contextlib.nullcontext()
+
+
+def manual_seed(seed: int) -> None:
+    """``torch.manual_seed``, minus its cost where no accelerator exists: with none, seeding
+    the other device kinds only queues callbacks (each recording a stack trace) that can
+    never run, so seeding the CPU generator is the same."""
+    if _accelerator_available():
+        torch.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
+
+
+def _accelerator_available() -> bool:
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is None or not hasattr(accelerator, "is_available"):
+        return True  # older torch: take the full path
+    return bool(accelerator.is_available())
 
 
 def _flatten_outputs(out: Any) -> tuple[list[torch.Tensor], list[str]]:
@@ -101,10 +107,51 @@ def _flatten_outputs(out: Any) -> tuple[list[torch.Tensor], list[str]]:
     return tensors, names
 
 
+@dataclass
+class _ModuleCopy:
+    module: torch.nn.Module
+    owners: dict[str, list[tuple[torch.nn.Module, str]]]
+    buffers: dict[str, torch.Tensor]  # as copied: each call loads fresh clones of these
+    params: list[tuple[str, torch.Tensor]]  # floating parameters as copied, never loaded
+
+
+class ModuleCopies:
+    """The private copies of one case's module, one per (dtype, device), shared by the
+    Targets of a run (the reference and its resized, scaled, low-precision siblings).
+
+    Every call loads its own parameter values and fresh buffer clones into the copy, so the
+    Targets sharing it do not see each other's values; what they share is the deep copy
+    (the dominant cost of building a Target) and the input names read from the signature.
+    """
+
+    def __init__(self, case: Case):
+        self.case = case
+        self._copies: dict[tuple[torch.dtype, torch.device], _ModuleCopy] = {}
+        self._names: dict[int, list[str]] = {}
+
+    def module(self, dtype: torch.dtype, device: torch.device) -> _ModuleCopy:
+        key = (dtype, device)
+        if key not in self._copies:
+            module = copy.deepcopy(self.case.fn).to(device=device, dtype=dtype)
+            self._copies[key] = _ModuleCopy(
+                module,
+                _owners(module),
+                {k: b.detach() for k, b in module.named_buffers()},
+                [(n, p.detach().clone()) for n, p in module.named_parameters()],
+            )
+        return self._copies[key]
+
+    def input_names(self, n: int) -> list[str]:
+        if n not in self._names:
+            self._names[n] = _input_names(self.case.fn, n)
+        return self._names[n]
+
+
 class Target:
     """``case`` in ``dtype`` on ``device``; ``inputs`` replaces the case's example inputs.
 
-    Cost: one deep copy of a module per Target; each call is one forward of the case.
+    Cost: one deep copy of a module per Target, unless ``copies`` (another Target's
+    ``.copies``) already holds one in this dtype and device; each call is one forward.
     """
 
     def __init__(
@@ -117,18 +164,24 @@ class Target:
         seed: int = 0,
         random: bool = False,
         batch_positions: list[int] | None = None,
+        copies: ModuleCopies | None = None,
     ):
         self.case, self.dtype, self.device = case, dtype, torch.device(device)
+        if copies is not None and copies.case is not case:
+            raise ValueError("copies belong to another case")
+        self.copies = copies if copies is not None else ModuleCopies(case)
         self._batch_positions = batch_positions
         self.seed, self.random = seed, random
         raw = tuple(case.inputs if inputs is None else inputs)
         self.args = [_convert(a, dtype, self.device) for a in raw]
         self.kwargs = {k: _convert(v, dtype, self.device) for k, v in case.kwargs.items()}
         self.module: torch.nn.Module | None = None
+        shared = None
         if isinstance(case.fn, torch.nn.Module):
-            self.module = copy.deepcopy(case.fn).to(device=self.device, dtype=dtype)
+            shared = self.copies.module(dtype, self.device)
+            self.module = shared.module
         self.call_fn = callable_of(case.fn)
-        names = _input_names(case.fn, len(self.args))
+        names = self.copies.input_names(len(self.args))
         self.slots: list[Slot] = []
         self.values: list[torch.Tensor] = []
         for i, a in enumerate(self.args):
@@ -136,28 +189,42 @@ class Target:
                 self.slots.append(Slot(names[i], "input", i, tuple(a.shape)))
                 self.values.append(a)
         self.buffers: dict[str, torch.Tensor] = {}
-        if self.module is not None:
-            for name, p in self.module.named_parameters():
+        if shared is not None:
+            for name, p in shared.params:
                 if p.is_floating_point():
                     self.slots.append(Slot(name, "param", name, tuple(p.shape)))
-                    self.values.append(p.detach().clone())
-            self.buffers = {k: b.detach() for k, b in self.module.named_buffers()}
-            self._owners = _owners(self.module)
+                    self.values.append(p.clone())
+            self.buffers = shared.buffers
+            self._owners = shared.owners
         self.n_inputs = sum(s.kind == "input" for s in self.slots)
         self.output_names: list[str] = []
         self.output_shapes: list[tuple[int, ...]] = []
 
     # -- calling -----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def rng(self) -> Iterator[None]:
+    def rng(self) -> contextlib.AbstractContextManager[None]:
         """Forks and reseeds the RNG when the case is random, so every call draws the same."""
-        if not self.random:
-            yield
-            return
+        return self._replay() if self.random else _NO_CONTEXT
+
+    @contextlib.contextmanager
+    def _replay(self) -> Iterator[None]:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed)
+            manual_seed(self.seed)
             yield
+
+    @contextlib.contextmanager
+    def reference_dtype(self) -> Iterator[None]:
+        """The target's dtype as torch's default while inside (float64 targets only), so
+        tensors the user's code creates follow it; ``call`` does the same per call."""
+        old = torch.get_default_dtype()
+        if self.dtype is not torch.float64 or old is self.dtype:
+            yield
+            return
+        torch.set_default_dtype(self.dtype)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(old)
 
     def call(
         self,
@@ -173,12 +240,20 @@ class Target:
         for slot, v in zip(self.slots, values):
             if slot.kind == "input":
                 args[slot.position] = prepare(v) if prepare else v
-        with _default_dtype(self.dtype):
+        # Tensors the user's code creates follow the reference dtype (float64 runs only).
+        old = torch.get_default_dtype()
+        switch = self.dtype is torch.float64 and old is not self.dtype
+        if switch:
+            torch.set_default_dtype(self.dtype)
+        try:
             if self.module is not None:
                 self._load(values)
                 out = self.module(*args, **self.kwargs)
             else:
                 out = self.call_fn(*args, **self.kwargs)
+        finally:
+            if switch:
+                torch.set_default_dtype(old)
         tensors, names = _flatten_outputs(out)
         if not self.output_names:
             self.output_names = names
@@ -256,6 +331,7 @@ class FlatFunction:
         self.use = list(range(len(target.slots))) if use is None else list(use)
         self.slots = [target.slots[i] for i in self.use]
         self.sizes = [s.numel for s in self.slots]
+        self._shapes = [s.shape for s in self.slots]
         self.n = sum(self.sizes)
         self.prepare, self.grad_layout = prepare, grad_layout
         self.x0 = self.flatten([self.base[i] for i in self.use])
@@ -287,24 +363,69 @@ class FlatFunction:
         vals = list(self.base)
         dtype, device = self.target.dtype, self.target.device
         same = dtype is torch.float64 and device.type == "cpu"
-        for i, chunk in zip(self.use, torch.split(x, self.sizes)):
-            t = chunk.view(self.target.slots[i].shape)
+        chunks = x.detach().split_with_sizes(self.sizes)
+        for i, chunk, shape in zip(self.use, chunks, self._shapes):
+            t = chunk.view(shape)
             if not same:
                 t = t.to(device=device, dtype=dtype)
-            vals[i] = t.detach().requires_grad_(requires_grad)
+            # Chunks of the detached x do not require grad: detach only to make leaves.
+            vals[i] = t.detach().requires_grad_(True) if requires_grad else t
         return vals
 
     def _flat_out(self, outs: Sequence[torch.Tensor]) -> torch.Tensor:
         if not outs:
             return torch.zeros(0, dtype=torch.float64)
+        if len(outs) == 1:  # one output: a single copy, without cat
+            t = outs[0].detach().reshape(-1)
+            if t.dtype is torch.float64 and t.device.type == "cpu":
+                return t.clone()
+            return t.to(device="cpu", dtype=torch.float64)
         return torch.cat(
             [t.detach().reshape(-1).to(device="cpu", dtype=torch.float64) for t in outs]
         )
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
         """f(x), flattened to float64 (M,). One forward."""
-        with torch.no_grad(), self.target.rng():
-            return self._flat_out(self._kept(self.target.call(self.values_at(x), self.prepare)))
+        prev = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)  # torch.no_grad, minus the context object
+        try:
+            with self.target.rng():
+                outs = self.target.call(self.values_at(x), self.prepare)
+                return self._flat_out(self._kept(outs))
+        finally:
+            torch._C._set_grad_enabled(prev)
+
+    @contextlib.contextmanager
+    def sweep(self, buf: torch.Tensor) -> Iterator[Callable[[], torch.Tensor]]:
+        """Yields ``value`` at whatever ``buf`` (a float64 CPU (N,) vector) holds when called.
+
+        For the many forwards of a finite-difference sweep that edits ``buf`` in place: the
+        slot views into ``buf`` are made once (each call passes fresh aliases of them, as
+        ``value`` does) and the reference dtype stays the default for the whole sweep
+        (no user code runs between the calls). Each call still runs under no_grad and
+        the RNG replay, and returns a copy, never a view of ``buf``.
+        """
+        target, prepare = self.target, self.prepare
+        if not (target.dtype is torch.float64 and target.device.type == "cpu"):
+            yield lambda: self.value(buf)
+            return
+        views = self.values_at(buf)
+        used = set(self.use)
+        fresh = [i in used for i in range(len(views))]
+        set_grad = torch._C._set_grad_enabled
+
+        def ev() -> torch.Tensor:
+            vals = [v.detach() if f else v for v, f in zip(views, fresh)]
+            prev = torch.is_grad_enabled()
+            set_grad(False)
+            try:
+                with target.rng():
+                    return self._flat_out(self._kept(target.call(vals, prepare)))
+            finally:
+                set_grad(prev)
+
+        with target.reference_dtype():
+            yield ev
 
     def _cotangents(self, outs: Sequence[torch.Tensor], v: torch.Tensor) -> list[torch.Tensor]:
         chunks = torch.split(v, [t.numel() for t in outs])
@@ -345,9 +466,7 @@ class FlatFunction:
         """J(x)^T v for each v in ``vs``, sharing one forward (the graph is retained)."""
         results = []
         with torch.enable_grad(), self.target.rng():
-            vals = self.values_at(x, requires_grad=False)
-            for i in self.use:
-                vals[i].requires_grad_(True)
+            vals = self.values_at(x, requires_grad=True)
             outs = self._kept(self.target.call(vals, self.prepare))
             leaves = [vals[i] for i in self.use]
             for k, v in enumerate(vs):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 import torch
@@ -57,18 +56,15 @@ def test_full_mode_locates_every_wrong_entry(wrong_at):
 
 
 @pytest.mark.parametrize("n", [1000, 10_000])
-def test_single_wrong_entry_found_by_probes_under_a_second(wrong_at, n):
+def test_single_wrong_entry_found_by_probes(wrong_at, n):
+    """Located exactly; how fast is measured by bench/checkgrads_speed.py, not here."""
     wrong_at.index, wrong_at.factor = n - 7, 1.01  # a 1% error in one of n entries
     x = torch.randn(n, generator=torch.Generator().manual_seed(n))
-    fn = flat(wrong_at, x)
-    start = time.perf_counter()
-    comp = compare(fn, mode="probes")
-    elapsed = time.perf_counter() - start
+    comp = compare(flat(wrong_at, x), mode="probes")
     assert [m.input_index for m in comp.mismatches] == [(n - 7,)]
     assert comp.mismatches[0].output_index == (n - 7,)
     true = math.cos(float(x[n - 7]))
     assert comp.mismatches[0].analytic == pytest.approx(1.01 * true, rel=1e-12)
-    assert elapsed < 1.5  # generous for a shared 2-core CI box; bench says < 1 s
 
 
 def test_probe_sensitivity_is_honest(wrong_at):

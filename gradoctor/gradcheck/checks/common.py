@@ -29,6 +29,24 @@ class CheckContext:
     devices: tuple[str, ...] = ("cpu",)
     first_order_ok: bool = True
     kinks: list[str] = field(default_factory=list)
+    _flat: FlatFunction | None = field(default=None, repr=False)
+    _classes: list[type] | None = field(default=None, repr=False)
+
+    def flat(self) -> FlatFunction:
+        """``FlatFunction(self.target)``, built once (one forward) and shared by the checks:
+        it is never modified, and every evaluation through it is a fresh call."""
+        if self._flat is None:
+            self._flat = FlatFunction(self.target)
+        return self._flat
+
+    def function_classes(self) -> list[type]:
+        """Custom autograd.Function classes in the graph of the reference's outputs at the
+        example inputs (one forward, found once)."""
+        if self._classes is None:
+            from gradoctor.gradcheck.checks.double_backward import graph_classes
+
+            self._classes = graph_classes(self.target, self.flat())
+        return self._classes
 
     def derived(self, inputs) -> Target:
         """The same case on other inputs (resized, scaled), float64 CPU."""
@@ -38,6 +56,7 @@ class CheckContext:
             seed=self.seed,
             random=self.target.random,
             batch_positions=self.target.batched_positions(),
+            copies=self.target.copies,
         )
 
     def compare(self, fn: FlatFunction, *, context: str, mode: str = "probes") -> Comparison:

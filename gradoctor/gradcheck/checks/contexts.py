@@ -136,7 +136,7 @@ def _noncontiguous_inputs(ctx: CheckContext) -> CheckResult:
     name = "non-contiguous inputs"
     if not any(s.kind == "input" and s.numel > 1 for s in ctx.target.slots):
         return CheckResult(name, NOTE, "skipped: no tensor input with more than one element")
-    plain = FlatFunction(ctx.target)
+    plain = ctx.flat()
     try:
         fn = FlatFunction(ctx.target, prepare=noncontiguous)
     except RuntimeError as exc:
@@ -178,7 +178,7 @@ def _inplace_after_forward(ctx: CheckContext) -> CheckResult:
     target = ctx.target
     if not any(s.kind == "input" for s in target.slots):
         return CheckResult(name, NOTE, "skipped: no floating-point tensor input")
-    fn = FlatFunction(target)
+    fn = ctx.flat()
     if empty(fn):
         return CheckResult(name, PASS, "nothing to differentiate")
     gen = torch.Generator().manual_seed(ctx.seed + 3)
@@ -226,7 +226,7 @@ def _inplace_after_forward(ctx: CheckContext) -> CheckResult:
 def _repeated_backward(ctx: CheckContext) -> CheckResult:
     """Backward twice through one graph, then once through a fresh forward: all identical."""
     name = "repeated backward"
-    fn = FlatFunction(ctx.target)
+    fn = ctx.flat()
     if empty(fn):
         return CheckResult(name, PASS, "nothing to differentiate")
     gen = torch.Generator().manual_seed(ctx.seed + 5)

@@ -43,8 +43,8 @@ class SecondOrder:
         first, target = self.first, self.first.target
         results = []
         with torch.enable_grad(), target.rng():
-            vals = first.values_at(z[: first.n])
-            leaves = [vals[i].requires_grad_(True) for i in first.use]
+            vals = first.values_at(z[: first.n], requires_grad=True)
+            leaves = [vals[i] for i in first.use]
             v = z[first.n :].clone().to(target.dtype).requires_grad_(True)
             outs = first._kept(target.call(vals, first.prepare))
             grads = first._grads(outs, leaves, v, retain=True, create_graph=True)
@@ -80,16 +80,19 @@ def _split(w: torch.Tensor, first: FlatFunction) -> list[torch.Tensor]:
     return list(torch.split(w, first.sizes))
 
 
-def once_differentiable_classes(target) -> list[str]:
-    """Names of custom Functions in the case's graph whose backward is once_differentiable."""
-    found = []
-    fn = FlatFunction(target)
+def graph_classes(target, fn: FlatFunction | None = None) -> list[type]:
+    """Custom Function classes in the case's graph at ``fn``'s base point (one forward)."""
+    fn = FlatFunction(target) if fn is None else fn
     with torch.enable_grad(), target.rng():
-        vals = fn.values_at(fn.x0)
-        for i in fn.use:
-            vals[i].requires_grad_(True)
-        outs = target.call(vals)
-    for cls in function_classes(outs):
+        vals = fn.values_at(fn.x0, requires_grad=True)
+        return function_classes(target.call(vals))
+
+
+def once_differentiable_classes(target, classes: list[type] | None = None) -> list[str]:
+    """Names of custom Functions in the case's graph whose backward is once_differentiable
+    (``classes``: the graph's, when already found)."""
+    found = []
+    for cls in graph_classes(target) if classes is None else classes:
         code = getattr(cls.backward, "__code__", None)
         if code is not None and code.co_filename.endswith(("autograd/function.py",)):
             if getattr(cls.backward, "__wrapped__", None) is not None:
@@ -117,14 +120,14 @@ def run(ctx: CheckContext) -> list[CheckResult]:
         return [CheckResult(NAME, NOTE, "skipped: the case opts out (double_backward=False)")]
 
     def body() -> list[CheckResult]:
-        marked = once_differentiable_classes(ctx.target)
+        marked = once_differentiable_classes(ctx.target, ctx.function_classes())
         if marked:
             return [
                 CheckResult(
                     NAME, NOTE, f"skipped: backward of {', '.join(marked)} is once_differentiable"
                 )
             ]
-        so = SecondOrder(FlatFunction(ctx.target), ctx.seed)
+        so = SecondOrder(ctx.flat(), ctx.seed)
         try:
             comp = ctx.compare(so, context="double backward")  # type: ignore[arg-type]
         except (RuntimeError, NotImplementedError) as exc:

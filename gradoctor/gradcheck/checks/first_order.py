@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from gradoctor.gradcheck.checks.common import CheckContext, from_comparison, guarded
 from gradoctor.gradcheck.result import CheckResult
-from gradoctor.gradcheck.target import FlatFunction
 
 NAME = "first order"
 
 
 def run(ctx: CheckContext) -> list[CheckResult]:
     def body() -> list[CheckResult]:
-        fn = FlatFunction(ctx.target)
+        fn = ctx.flat()
         comp = ctx.compare(fn, context="", mode="probes" if ctx.fast else "auto")
         return [from_comparison(NAME, comp, fn, ctx)]
 

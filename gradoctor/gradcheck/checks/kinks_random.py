@@ -15,7 +15,7 @@ import torch
 
 from gradoctor.gradcheck.checks.common import CheckContext, amax, empty, guarded
 from gradoctor.gradcheck.result import FAIL, NOTE, PASS, CheckResult, Mismatch
-from gradoctor.gradcheck.target import FlatFunction, Target
+from gradoctor.gradcheck.target import Target, manual_seed
 
 NAME = "kinks & randomness"
 
@@ -25,7 +25,7 @@ def is_random(target: Target, seed: int) -> bool:
     outs = []
     for s in (seed, seed + 1):
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s)
+            manual_seed(s)
             outs.append([o.detach().clone() for o in target.call(target.values)])
     return any(not torch.equal(a, b) for a, b in zip(*outs))
 
@@ -36,19 +36,19 @@ def run(ctx: CheckContext) -> list[CheckResult]:
 
 def _check(ctx: CheckContext) -> CheckResult:
     target = ctx.target
-    fn = FlatFunction(target)
+    fn = ctx.flat()
     if empty(fn):
         return CheckResult(NAME, PASS, "nothing to differentiate")
     gen = torch.Generator().manual_seed(ctx.seed + 17)
     v = torch.randn(fn.m, generator=gen, dtype=torch.float64)
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
-        torch.manual_seed(ctx.seed)
+        manual_seed(ctx.seed)
         vals = fn.values_at(fn.x0, requires_grad=True)
         outs = fn._kept(target.call(vals))
         grads = []
         seeds = (ctx.seed + 101, ctx.seed + 202, ctx.seed + 101)
         for k, s in enumerate(seeds):
-            torch.manual_seed(s)
+            manual_seed(s)
             grads.append(fn.flatten(fn._grads(outs, vals, v, retain=k < len(seeds) - 1)))
     err = (grads[0] - grads[1]).abs()
     if not torch.equal(grads[0], grads[2]):

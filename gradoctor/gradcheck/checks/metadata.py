@@ -14,9 +14,7 @@ from typing import Any
 import torch
 
 from gradoctor.gradcheck.checks.common import CheckContext, guarded
-from gradoctor.gradcheck.checks.double_backward import function_classes
 from gradoctor.gradcheck.result import FAIL, PASS, CheckResult
-from gradoctor.gradcheck.target import FlatFunction
 
 NAME = "gradient metadata"
 _MISSING = object()
@@ -104,10 +102,8 @@ def run(ctx: CheckContext) -> list[CheckResult]:
 
 def _check(ctx: CheckContext) -> CheckResult:
     target = ctx.target
-    fn = FlatFunction(target)
-    with torch.enable_grad(), target.rng():
-        vals = fn.values_at(fn.x0, requires_grad=True)
-        classes = function_classes(target.call(vals))
+    fn = ctx.flat()
+    classes = list(ctx.function_classes())
     fn_cls = target.case.fn
     if isinstance(fn_cls, type) and issubclass(fn_cls, torch.autograd.Function):
         classes = list(dict.fromkeys([fn_cls, *classes]))

@@ -140,12 +140,19 @@ def _check(ctx: CheckContext) -> CheckResult:
                         inputs=inputs,
                         seed=ctx.seed,
                         random=ctx.target.random,
+                        copies=ctx.target.copies,
                     )
                     low_out, low_grad, _ = _run_once(low, ctx.seed)
                 except (RuntimeError, NotImplementedError, TypeError) as exc:
                     notes.append(f"{tag}: not supported ({type(exc).__name__}: {str(exc)[:120]})")
                     break
-                ref = Target(case, inputs=inputs, seed=ctx.seed, random=ctx.target.random)
+                ref = Target(
+                    case,
+                    inputs=inputs,
+                    seed=ctx.seed,
+                    random=ctx.target.random,
+                    copies=ctx.target.copies,
+                )
                 ref.values = [
                     lv.detach().double().cpu() if rs.kind == "param" else rv
                     for lv, rv, rs in zip(low.values, ref.values, ref.slots)
