@@ -71,15 +71,30 @@ def parse_batch_sizes(text: str | list[int] | tuple[int, ...] | None) -> list[in
 
 
 def format_bytes(n: float | None) -> str:
-    """Binary units with 3 significant digits: ``format_bytes(1536) == "1.5 KiB"``."""
+    """Binary units with 3 significant digits: ``format_bytes(1536) == "1.5 KiB"``. Every
+    report (train, memory-profile, OOM diagnoses) writes bytes with it."""
     if n is None:
         return "-"
     sign = "-" if n < 0 else ""
     n = abs(float(n))
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
             break
         n /= 1024
     if unit == "B":
         return f"{sign}{int(n)} B"
     return f"{sign}{n:.3g} {unit}" if n < 100 else f"{sign}{n:.0f} {unit}"
+
+
+def format_flops(n: float | None) -> str:
+    """Decimal units with 3 significant digits: ``format_flops(5.03e7) == "50.3 MFLOP"``."""
+    if n is None:
+        return "-"
+    n = float(n)
+    for unit in ("FLOP", "kFLOP", "MFLOP", "GFLOP", "TFLOP", "PFLOP"):
+        if abs(n) < 1000 or unit == "PFLOP":
+            break
+        n /= 1000
+    if unit == "FLOP":
+        return f"{int(n)} FLOP"
+    return f"{n:.3g} {unit}" if abs(n) < 100 else f"{n:.0f} {unit}"

@@ -18,20 +18,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from gradoctor.memory.units import format_bytes
 from gradoctor.report.base import Reporter
 from gradoctor.report.triage import triage_view
 from gradoctor.result import TrainResult
-
-
-def format_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(n)
 
 
 def _num(value: Any, fmt: str = ".4g") -> str:

@@ -7,7 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from gradoctor.memory.result import MemoryProfile
-from gradoctor.memory.units import format_bytes
+from gradoctor.memory.units import format_bytes, format_flops
 
 _TOP_MODULES = 15
 
@@ -70,27 +70,38 @@ def _modules(p: MemoryProfile, console: Console) -> None:
     table = Table(
         title=f"Modules by bytes saved for backward (top {_TOP_MODULES})", title_justify="left"
     )
-    for col, just in (
-        ("module", "left"),
-        ("type", "left"),
-        ("saved (own)", "right"),
-        ("saved (inside)", "right"),
-        ("fwd time", "right"),
-        ("checkpoint frees", "right"),
-        ("recompute", "right"),
-    ):
-        table.add_column(col, justify=just)
     ranked = sorted(p.modules, key=lambda m: -m.saved_total)
-    for m in [x for x in ranked if x.name][:_TOP_MODULES]:
-        table.add_row(
+    rows = [
+        (
             escape(m.name),
             m.type,
             format_bytes(m.saved),
             format_bytes(m.saved_total),
             f"{m.forward_time_share:.0%}",
             format_bytes(m.checkpoint_saves),
-            f"{m.recompute_flops / 1e9:.3g} GFLOP",
+            format_flops(m.recompute_flops),
         )
+        for m in [x for x in ranked if x.name][:_TOP_MODULES]
+    ]
+    heads = ("module", "type", "saved own", "saved inside", "fwd time", "ckpt frees", "recompute")
+    # The module's full name is what a recipe needs: never cut. The other columns keep their
+    # widest cell while they fit, the class name giving way first; on a narrower terminal the
+    # numbers wrap instead.
+    widest = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(heads)]
+    fits = sum(w for h, w in zip(heads, widest) if h != "type") + 4 + 3 * len(heads) + 1
+    fits = fits <= console.width
+    for i, head in enumerate(heads):
+        if head == "type":
+            table.add_column(head, overflow="ellipsis", min_width=4)
+        else:
+            table.add_column(
+                head,
+                justify="left" if i == 0 else "right",
+                no_wrap=fits or i == 0,
+                min_width=widest[i] if fits or i == 0 else None,
+            )
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
 
 
@@ -151,7 +162,7 @@ def _plan(p: MemoryProfile, console: Console) -> None:
     else:
         console.print(
             f"  predicted peak {format_bytes(plan.predicted_peak)}, recompute "
-            f"{plan.recompute_flops / 1e9:.3g} GFLOP (+{plan.recompute_share:.0%} of a step's "
+            f"{format_flops(plan.recompute_flops)} (+{plan.recompute_share:.0%} of a step's "
             "FLOPs); paste into the recipe:"
         )
         console.print(escape(plan.recipe_lines), highlight=False)

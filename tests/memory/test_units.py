@@ -49,3 +49,14 @@ def test_format_bytes():
     assert format_bytes(1536) == "1.5 KiB"
     assert format_bytes(3 * 2**30) == "3 GiB"
     assert format_bytes(None) == "-"
+
+
+def test_format_flops_decimal_units():
+    from gradoctor.memory.units import format_flops
+
+    assert format_flops(None) == "-"
+    assert format_flops(0) == "0 FLOP"
+    assert format_flops(999) == "999 FLOP"
+    assert format_flops(5.03e7) == "50.3 MFLOP"
+    assert format_flops(1.5e9) == "1.5 GFLOP"
+    assert format_flops(250e12) == "250 TFLOP"
