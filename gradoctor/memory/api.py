@@ -19,7 +19,13 @@ import torch
 from gradoctor.errors import OutOfMemory, UsageError, UserCodeError
 from gradoctor.memory import planner, summary
 from gradoctor.memory.measure import Config, ProfileSession, StepMeasurement
-from gradoctor.memory.model import PeakModel, fit_peak_model, module_stats, replay
+from gradoctor.memory.model import (
+    PeakModel,
+    fit_peak_model,
+    module_stats,
+    natural_frees,
+    replay,
+)
 from gradoctor.memory.result import CheckpointPlan, MemoryProfile, SelfCheck, WhatIf
 from gradoctor.memory.tracking import StepTrace, optimizer_tensors, unique_bytes
 from gradoctor.memory.units import format_bytes, parse_batch_sizes, parse_bytes
@@ -182,11 +188,31 @@ def measure(session: ProfileSession, steps: int) -> Measurements:
     m.timing = session.step(Config(precision, (), batch), time_modules=True)
     m.steps += 1
     _remeasure_stale(session, m)  # after every real step of the profile, the timing one too
-    try:
-        m.flops = session.forward_flops(Config(precision, (), batch))
-    except Exception as exc:  # FLOP counting is best effort; the plan then uses forward time
-        m.notes.append(f"FLOP counting failed ({type(exc).__name__}: {exc}); costs use time")
+    _forward_passes(session, m)
     return m
+
+
+def _forward_passes(session: ProfileSession, m: Measurements) -> None:
+    """One no-grad forward per measured precision: the forward FLOPs (recipe's precision) and
+    how long each tensor lives when autograd keeps none (``model.natural_frees``), which is
+    how a checkpointed module's forward frees what it would have saved."""
+    for prec, by_size in m.traces.items():
+        want_flops = prec == session.recipe.precision
+        try:
+            flops, nograd = session.forward_pass(Config(prec, (), m.batch_size), want_flops)
+        except Exception as exc:  # best effort: FLOPs, then lifetimes alone
+            if want_flops:
+                m.notes.append(
+                    f"FLOP counting failed ({type(exc).__name__}: {exc}); costs use time"
+                )
+            try:
+                flops, nograd = session.forward_pass(Config(prec, (), m.batch_size), False)
+            except Exception:
+                continue
+        if want_flops:
+            m.flops = flops
+        for trace in by_size.values():
+            trace.natural_free = natural_frees(trace, nograd)
 
 
 def _tracked(session: ProfileSession, m: Measurements, config: Config, n: int) -> None:

@@ -247,26 +247,33 @@ class ProfileSession:
             out.cuda_phase_peaks[name] = max(out.cuda_phase_peaks.get(name, 0), peak)
 
     # ---- forward FLOPs and the CUDA snapshot ----------------------------------------------
-    def forward_flops(self, config: Config) -> dict[str, int]:
-        """Forward FLOPs per module qualified name (inclusive; ``""`` is the whole model), from
-        ``FlopCounterMode`` over one no-grad forward (about a third of a step)."""
+    def forward_pass(self, config: Config, flops: bool = True) -> tuple[dict[str, int], StepTrace]:
+        """One no-grad forward (about a third of a step), tracked: how long each tensor lives
+        when autograd keeps none of them, as inside a checkpointed module's forward. With
+        ``flops``, also the forward FLOPs per module qualified name (inclusive; ``""`` is the
+        whole model) from ``FlopCounterMode``."""
         from torch.utils.flop_counter import FlopCounterMode
 
         batch = to_device(self._next(config.batch_size), self.device)
+        tracker = StepTracker(self.model, None, self.device, saves=False)
+        counter = FlopCounterMode(display=False) if flops else None
         with (
             torch.no_grad(),
             autocast(config.precision, self.device),
-            FlopCounterMode(display=False) as counter,
+            tracker.tracking(),
+            tracker.in_phase("forward", 0),
+            counter if counter is not None else contextlib.nullcontext(),
         ):
             compute_loss(self.model, batch, self.loss_fn)
-        root = type(self.model).__name__
-        flops: dict[str, int] = {}
-        for name, by_op in counter.get_flop_counts().items():
-            if name == "Global":
-                continue
-            qname = "" if name == root else name.removeprefix(root + ".")
-            flops[qname] = int(sum(by_op.values()))
-        return flops
+        per_module: dict[str, int] = {}
+        if counter is not None:
+            root = type(self.model).__name__
+            for name, by_op in counter.get_flop_counts().items():
+                if name == "Global":
+                    continue
+                qname = "" if name == root else name.removeprefix(root + ".")
+                per_module[qname] = int(sum(by_op.values()))
+        return per_module, tracker.finish(set(), set())
 
     def snapshot(self, config: Config, path: str) -> None:
         """One step under ``torch.cuda.memory._record_memory_history``; writes the pickle that

@@ -30,6 +30,7 @@ allocator peak (workspaces included) is a point of the curve as well.
 from __future__ import annotations
 
 import bisect
+import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -268,7 +269,8 @@ def _apply_checkpointing(
         recompute = _recompute_event(trace, cid, redo, saved_frees, bwd_start)
         for i in redo.dropped:  # freed early, allocated again by the recomputation
             r = recs[i]
-            delta[fwd_end if r.param_cast else call.exit] -= r.nbytes
+            gone = trace.natural_free.get(i, call.exit)  # once the module's code drops it
+            delta[fwd_end if r.param_cast else min(max(gone, r.alloc + 1), call.exit)] -= r.nbytes
             delta[recompute] += r.nbytes
         for i in redo.shared:  # the original goes when the savers after the call let go of it;
             r = recs[i]  # the recomputation's copy lives until the original's release
@@ -287,6 +289,39 @@ def _apply_checkpointing(
     for i, release in retained.items():
         delta[recs[i].free] += recs[i].nbytes
         delta[release] -= recs[i].nbytes
+
+
+def natural_frees(trace: StepTrace, nograd: StepTrace) -> dict[int, int]:
+    """Where each storage created in ``trace``'s forward would be freed if autograd saved
+    nothing: the position, in ``trace``, of the first allocation that follows its free in
+    ``nograd`` (the same forward run under ``torch.no_grad``, where only the model's code holds
+    tensors). This is how a checkpointed module's own forward frees what it would have saved.
+
+    The two forwards' allocations are aligned by op name (``difflib``; same code, same ops; a
+    batch size may differ). Unaligned storages, and those ``nograd`` never frees, are left out."""
+    ng = [(pos, idx) for pos, (idx, sign) in enumerate(nograd.events) if sign > 0]
+    ng_ops = [nograd.records[idx].op for _, idx in ng]
+    out: dict[int, int] = {}
+    for (phase, _micro), (start, end) in trace.phase_ranges.items():
+        if phase != "forward":
+            continue
+        allocs = [
+            (pos, idx)
+            for pos in range(start, end)
+            for idx, sign in (trace.events[pos],)
+            if sign > 0 and trace.records[idx].alloc == pos
+        ]
+        ops = [trace.records[idx].op for _, idx in allocs]
+        matcher = difflib.SequenceMatcher(None, ops, ng_ops, autojunk=False)
+        pairs = [(b.a + k, b.b + k) for b in matcher.get_matching_blocks() for k in range(b.size)]
+        ng_pos = [ng[j][0] for _, j in pairs]  # increasing
+        for i, j in pairs:
+            free = nograd.records[ng[j][1]].free
+            if free is None:
+                continue
+            k = bisect.bisect_right(ng_pos, free)  # the first aligned allocation after it
+            out[allocs[i][1]] = allocs[pairs[k][0]][0] if k < len(pairs) else end
+    return out
 
 
 def _recompute_event(

@@ -119,6 +119,9 @@ class StepTrace:
     op_spikes: list[tuple[int, int]] = field(default_factory=list)
     # every tensor autograd saved in the step, parameters included: (events before, call stack)
     packs: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
+    # record -> event position where it would be freed if autograd kept nothing (the same
+    # forward run under no_grad; see ``model.natural_frees``); filled by the profiler
+    natural_free: dict[int, int] = field(default_factory=dict)
 
     def live_curve(self) -> list[int]:
         """Bytes alive (static included) after each event; index ``i`` is after event ``i``."""

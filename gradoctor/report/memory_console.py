@@ -29,8 +29,9 @@ def render_memory_profile(p: MemoryProfile, console: Console) -> None:
     c = p.cost
     console.print(
         f"cost: profile {c['profile_seconds']:.1f} s = {c['profile_step_equivalents']:.1f} steps "
-        f"of {c['step_seconds'] * 1e3:.0f} ms ({c['profile_steps']:.0f} measured steps + a FLOP "
-        f"count); self-check {c['check_seconds']:.1f} s for {c['check_steps']:.0f} configurations"
+        f"of {c['step_seconds'] * 1e3:.0f} ms ({c['profile_steps']:.0f} measured steps + a no-grad "
+        f"forward per precision); self-check {c['check_seconds']:.1f} s for "
+        f"{c['check_steps']:.0f} configurations"
     )
     for note in p.notes:
         console.print(f"[dim]note: {escape(note)}[/]")
