@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -196,8 +197,8 @@ class ProfileSession:
         with tracker.tracking() if tracker else contextlib.nullcontext():
             for micro in range(accum):
                 with self._phase(out, tracker, "data", micro):
-                    with tracker.deferred() if tracker else contextlib.nullcontext():
-                        host = self._next(config.batch_size)
+                    get = functools.partial(self._next, config.batch_size)
+                    host = tracker.fetch(get) if tracker else get()
                     batch = to_device(host, device)
                     del host
                 with self._phase(out, tracker, "forward", micro):

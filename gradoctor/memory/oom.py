@@ -99,7 +99,7 @@ def _diagnose(
     modules = chosen + [s.qname for s in ranked if s.qname and s.qname not in chosen][:5]
     fixes = []
     if names:
-        fixes.append(f"train.checkpoint: [{', '.join(names)}]")
+        fixes.append(f"train.checkpoint: {summary.yaml_list(names)}")
     if fits < 1:
         fixes.append("even data.batch_size: 1 does not fit")
     elif fits < b:
@@ -269,7 +269,7 @@ def _generic(
         evidence = dict(evidence or {}, fallback=why)
         blocks = _repeated_block(model)
         size = recipe.data.kwargs.get("batch_size")
-        fixes = [f"train.checkpoint: [{blocks}]"] if blocks else []
+        fixes = [f"train.checkpoint: {summary.yaml_list([blocks])}"] if blocks else []
         fixes.append(
             f"data.batch_size: {max(1, size // 2)}"
             if isinstance(size, int)

@@ -173,12 +173,13 @@ def plan(
             need += found.peak - budget
         if widest.fits and (best is None or widest.cost < best.cost):
             best = widest
-    if best is None:
-        return lowest
-    mods = list(best.modules)
+    if best is None:  # nothing fits: the lowest peak, without modules that do not lower it
+        mods, target = list(lowest.modules), lowest.peak
+    else:  # the cheapest that fits, without modules it fits without
+        mods, target = list(best.modules), budget
     for m in sorted(mods, key=lambda q: -cost_of.get(q, 0.0)):
         trial = [x for x in mods if x != m]
-        if peak_of(trial) <= budget:
+        if peak_of(trial) <= target:
             mods = trial
     return result(mods)
 

@@ -3,13 +3,16 @@ happens, the per-module table, and recipe-ready checkpoint names."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import torch
+import yaml
 
 from gradoctor.memory.model import ModuleStats
 from gradoctor.memory.result import Category, ModuleMemory, PeakInfo
 from gradoctor.memory.tracking import StepTrace
+from gradoctor.recipe.load import safe_load
 
 CATEGORIES = (
     "parameters",
@@ -44,6 +47,9 @@ def breakdown(trace: StepTrace, residual: int = 0) -> tuple[int, list[Category]]
     )
     for r in trace.alive_at(i) if i >= 0 else []:
         sizes[_KIND_TO_CATEGORY.get(r.kind, "temporaries")] += r.nbytes
+    for r in trace.records:  # storages from before the step, freed by the peak
+        if r.op == "static" and r.free is not None and r.free <= i:
+            sizes["rest" if r.kind == "batch" else r.kind] -= r.nbytes
     peak = tracked + max(residual, 0)
     return peak, [Category(n, int(sizes[n]), sizes[n] / peak if peak else 0.0) for n in CATEGORIES]
 
@@ -124,7 +130,23 @@ def recipe_names(model: torch.nn.Module, qnames: list[str]) -> list[str]:
     return out
 
 
+def yaml_list(names: list[str]) -> str:
+    """``[a, b]`` as YAML reads back the same strings: a name YAML would read as something else
+    (``0`` of a top-level Sequential, ``1.10``, ``on``, ``null``) is quoted."""
+    return "[" + ", ".join(_yaml_str(n) for n in names) + "]"
+
+
+def _yaml_str(name: str) -> str:
+    try:
+        same = safe_load(f"[{name}]") == [name]  # as the recipe loader reads it (1e3 a number)
+    except yaml.YAMLError:
+        same = False
+    return name if same else json.dumps(name)
+
+
 def recipe_lines(names: list[str]) -> str:
     """YAML to paste under a recipe (and the equivalent command-line override)."""
-    listed = ", ".join(names)
-    return f"train:\n  checkpoint: [{listed}]\n# or: gradoctor train RECIPE 'train.checkpoint=[{listed}]'"
+    listed = yaml_list(names)
+    return (
+        f"train:\n  checkpoint: {listed}\n# or: gradoctor train RECIPE 'train.checkpoint={listed}'"
+    )

@@ -165,7 +165,7 @@ class StepTracker(TorchDispatchMode):
         self.cuda = device.type == "cuda"
         self.op_spikes: list[tuple[int, int]] = []
         self.packs: list[tuple[int, tuple[int, ...]]] = []
-        self._deferred: list[tuple[weakref.ref, torch.Tensor | None]] | None = None
+        self._deferred: list[tuple[weakref.ref, int, str]] | None = None
         self.device_peak = 0  # CUDA: the largest allocator peak of any op since the last read
         self.model = model
         if params is None:  # else: stand-ins (e.g. meta tensors run through functional_call)
@@ -175,6 +175,7 @@ class StepTracker(TorchDispatchMode):
         state_bytes, state_keys = unique_bytes(state, self.device_type)
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         grad_bytes, grad_keys = unique_bytes(grads, self.device_type)
+        batch_tensors = list(batch_tensors)
         batch_bytes, batch_keys = unique_bytes(batch_tensors, self.device_type)
         self.static_keys = self.param_keys | state_keys | grad_keys | batch_keys
         self.static = {
@@ -183,6 +184,16 @@ class StepTracker(TorchDispatchMode):
             "gradients": grad_bytes,
             "batch": batch_bytes,
         }
+        # a storage that existed before the step may be freed in it (an optimizer that replaces
+        # its state tensors, a buffer reassigned in forward): watched, so the curve drops
+        self._static_refs: list[weakref.ref] = []
+        for category, group in (
+            ("parameters", params),
+            ("optimizer_state", state),
+            ("gradients", grads),
+            ("batch", batch_tensors),
+        ):
+            self._watch(group, category)
         self.records: list[StorageRecord] = []
         self.events: list[tuple[int, int]] = []
         self.event_phase: list[str] = []
@@ -196,6 +207,38 @@ class StepTracker(TorchDispatchMode):
         self.phase = "forward"
         self.micro = 0
         self._phase_ranges: dict[tuple[str, int], tuple[int, int]] = {}
+
+    def _watch(self, tensors: Iterable[Any], category: str) -> None:
+        seen: set[int] = set()
+        for t in tensors:
+            if not isinstance(t, torch.Tensor) or t.device.type != self.device_type:
+                continue
+            key = storage_key(t)
+            if key is None or key in seen:
+                continue
+            seen.add(key)
+            storage = t.untyped_storage()
+            size = _rounded(storage)
+            self._static_refs.append(
+                weakref.ref(
+                    storage,
+                    lambda _r, k=key, n=size, c=category: self._static_freed(k, n, c),
+                )
+            )
+
+    def _static_freed(self, key: int, nbytes: int, category: str) -> None:
+        if not self._active:
+            return
+        self.static_keys.discard(key)  # the address may be reused by a new storage
+        self.param_keys.discard(key)
+        idx = len(self.records)
+        self.records.append(
+            StorageRecord(
+                key, nbytes, self.phase, self.micro, tuple(self.stack), -1, "static", kind=category
+            )
+        )
+        self.records[idx].free = len(self.events)
+        self._event(idx, -1)
 
     # ---- phases ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -231,20 +274,28 @@ class StepTracker(TorchDispatchMode):
                 handle.remove()
             self._refs.clear()
 
-    @contextlib.contextmanager
-    def deferred(self) -> Iterator[None]:
-        """Storages created inside are recorded on exit, and only those still alive then: the
-        batch a data component returns, not a short batch it skipped or collation temporaries,
-        so steps at two batch sizes still pair up event by event."""
+    def fetch(self, get: Any) -> Any:
+        """``get()`` (the data component's next batch) with recording deferred: afterwards only
+        the storages the returned batch owns and ``get`` created are recorded, as created here.
+        Left out: a short batch skipped, collation temporaries, and a data set an iterator builds
+        when an epoch starts (batches that are views into it do not own it), so steps at two
+        batch sizes still pair up event by event."""
         self._deferred = []
         try:
-            yield
+            batch = get()
         finally:
             pending, self._deferred = self._deferred, None
-            for ref, key, op in pending:
-                storage = ref()
-                if storage is not None and key not in self.live:
-                    self._new_storage(storage, key, op, False)
+        owned = {
+            storage_key(t)
+            for t in _tensors(batch)
+            if t.device.type == self.device_type
+            and t.untyped_storage().nbytes() <= t.numel() * t.element_size()
+        }
+        for ref, key, op in pending:
+            storage = ref()
+            if storage is not None and key in owned and key not in self.live:
+                self._new_storage(storage, key, op, False)
+        return batch
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         if self._deferred is not None:
@@ -394,6 +445,8 @@ class StepTracker(TorchDispatchMode):
         """Classify every record and return the trace. ``gradients`` / ``optimizer_state`` are
         record indices captured right after backward / after ``optimizer.step()``."""
         for i, r in enumerate(self.records):
+            if r.op == "static":  # a storage from before the step, freed in it: kept as is
+                continue
             if i in gradients:
                 r.kind = "gradient"
             elif i in optimizer_state:

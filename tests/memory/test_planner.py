@@ -70,3 +70,35 @@ def test_plan_without_need_is_empty_and_no_fit_reports_the_lowest():
     result = plan(cands, _additive(cands, 1000), budget=10)
     assert not result.fits
     assert result.peak == 1000 - 200 + 10
+
+
+def test_no_fit_keeps_only_modules_that_lower_the_peak():
+    """When nothing fits, a module whose checkpointing does not lower the lowest peak (its
+    saving hidden under another's spike, or nothing saved at the peak) is left out: its
+    recomputation would be paid for nothing."""
+    cands = [Candidate("a", 300, 10, 1.0), Candidate("b", 300, 10, 1.0), Candidate("c", 1, 0, 5.0)]
+
+    def peak_of(names):  # "c" frees a byte that is not alive at the peak
+        chosen = [c for c in cands if c.qname in names and c.qname != "c"]
+        return 1000 - sum(c.drop for c in chosen) + max((c.spike for c in chosen), default=0)
+
+    result = plan(cands, peak_of, budget=10)
+    assert not result.fits
+    assert result.modules == ["a", "b"] and result.peak == 410
+
+
+def test_recipe_lines_read_back_as_the_same_names(tmp_path):
+    """Names YAML would read as numbers, floats or booleans (a top-level Sequential's ``0``,
+    ``1.10``, ``on``) are quoted, in the YAML lines and in the command-line override."""
+    import yaml
+
+    from gradoctor.memory.summary import recipe_lines
+    from gradoctor.recipe.load import apply_overrides, safe_load
+
+    names = ["1", "1.10", "1e3", "on", "null", "blocks.0", "Block"]
+    yaml_part, override = recipe_lines(names).split("\n# or: gradoctor train RECIPE ")
+    assert safe_load(yaml_part)["train"]["checkpoint"] == names
+    assert yaml.safe_load(yaml_part)["train"]["checkpoint"] == names
+    data: dict = {}
+    assert apply_overrides(data, [override.strip("'")])[0] == []
+    assert data["train"]["checkpoint"] == names

@@ -232,3 +232,34 @@ class Attn(nn.Module):
         s = self.inp(x).view(x.shape[0], 4, W)
         a, _ = self.mha(s, s, s)
         return self.head(a.mean(1))
+
+
+class EpochData:
+    """Builds the epoch's tensors when an epoch starts (the iterator holds them); batches are
+    views into them. Accepts ``batch_size``."""
+
+    def __init__(self, batch_size: int = 16, n: int = 48):
+        self.batch_size, self.n = batch_size, n
+
+    def __iter__(self):
+        x, y = torch.randn(self.n, D), torch.randint(0, C, (self.n,))
+        for i in range(0, self.n, self.batch_size):
+            yield x[i : i + self.batch_size], y[i : i + self.batch_size]
+
+
+class ReplacingMomentum(torch.optim.Optimizer):
+    """Momentum SGD that replaces its state tensors every step (out of place): the state that
+    existed before the step is freed during it."""
+
+    def __init__(self, params, lr: float = 1e-3):
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state["m"] = 0.9 * state["m"] + p.grad if "m" in state else p.grad.clone()
+                p.add_(state["m"], alpha=-group["lr"])
