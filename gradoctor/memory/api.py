@@ -24,6 +24,7 @@ from gradoctor.memory.model import (
     fit_peak_model,
     module_stats,
     natural_frees,
+    paired,
     replay,
 )
 from gradoctor.memory.result import CheckpointPlan, MemoryProfile, SelfCheck, WhatIf
@@ -176,6 +177,9 @@ def measure(session: ProfileSession, steps: int) -> Measurements:
         try:
             for size in [batch, other] if scalable else [batch]:
                 _tracked(session, m, Config(prec, (), size), n if size == batch else 1)
+            got = m.traces.get(prec, {})
+            if scalable and batch == 1 and not paired(got[1], got[2]) and session.can_resize(3):
+                _tracked(session, m, Config(prec, (), 3), 1)  # batches 2 and 3 pair up
         except torch.OutOfMemoryError:
             _release(session)
             m.traces.pop(prec, None)

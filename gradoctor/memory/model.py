@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import difflib
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -374,19 +375,25 @@ class PeakModel:
     curves: dict[int, np.ndarray] | None = None
     phase_codes: np.ndarray | None = None
     static: int = 0
+    measured: dict[int, tuple[int, str]] = field(default_factory=dict)  # batch -> replayed
+    #   (peak, phase) of the step measured at that batch size: exact there
 
     def _curve(self, batch: float) -> np.ndarray:
         (b0, c0), (b1, c1) = sorted(self.curves.items())[:2]
         return c0 + (batch - b0) * (c1 - c0) / (b1 - b0)
 
     def __call__(self, batch: int) -> int:
-        if self.curves is not None:
+        if batch in self.measured:
+            tracked = float(self.measured[batch][0])
+        elif self.curves is not None:
             tracked = max(float(self._curve(batch).max()), float(self.static))
         else:
             tracked = max(line(batch) for line in self.phases.values())
         return int(round(tracked + self.residual(batch)))
 
     def phase_of_peak(self, batch: int) -> str:
+        if batch in self.measured:
+            return self.measured[batch][1]
         if self.curves is not None and len(self._curve(batch)):
             return PHASES[int(self.phase_codes[int(np.argmax(self._curve(batch)))])]
         return max(self.phases, key=lambda p: self.phases[p](batch))
@@ -430,10 +437,15 @@ def fit_peak_model(
     }
     residual = Line.through(sorted(residuals.items())) if residuals else Line(0.0, 0.0)
     model = PeakModel(phases, residual)
-    sizes = sorted(traces)
-    if len(sizes) >= 2 and paired(traces[sizes[0]], traces[sizes[1]]):
-        first = traces[sizes[0]]
-        model.curves = {b: replays[b].curve.astype(np.float64) for b in sizes[:2]}
-        model.phase_codes = replays[sizes[0]].phases
-        model.static = sum(first.static.values())
+    model.measured = {b: (r.peak, r.peak_phase) for b, r in replays.items()}
+    # the curve: the two largest batch sizes whose steps pair up event by event (at batch 1,
+    # size-1 dimensions can change the ops, e.g. a reshape that no longer copies)
+    pairs = [
+        (a, b) for a, b in itertools.combinations(sorted(traces), 2) if paired(traces[a], traces[b])
+    ]
+    if pairs:
+        a, b = max(pairs, key=lambda ab: (ab[1], ab[0]))
+        model.curves = {s: replays[s].curve.astype(np.float64) for s in (a, b)}
+        model.phase_codes = replays[a].phases
+        model.static = sum(traces[a].static.values())
     return model

@@ -37,3 +37,12 @@ def test_state_replaced_by_the_optimizer_is_freed_in_the_trace():
     state_bytes = trace.static["optimizer_state"]
     assert sum(r.nbytes for r in freed if r.kind == "optimizer_state") == state_bytes
     _assert_exact(gradoctor.memory_profile(recipe, batch_sizes="8,16"))
+
+
+def test_a_recipe_at_batch_size_1_whose_ops_change_with_the_batch():
+    """Batch 1 and 2 do not pair up event by event (a reshape copies only from 2 samples on):
+    a third size is measured, the batch fit uses 2 and 3, and batch 1 is its own measurement."""
+    recipe = memory_recipe("Transposed", **{"data.batch_size": 1})
+    profile = gradoctor.memory_profile(recipe, batch_sizes="1,2,4,8")
+    assert profile.batch_sizes_measured == [1, 2, 3]
+    _assert_exact(profile)
