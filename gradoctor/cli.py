@@ -161,6 +161,7 @@ def memory_profile(
     recipe: Annotated[
         Path | None, typer.Argument(help="The YAML recipe (default ./recipe.yaml).")
     ] = None,
+    overrides: Overrides = None,
     batch_sizes: Annotated[
         str | None,
         typer.Option(help="What-if micro-batch sizes, e.g. 8,16,32 (default: 0.5x, 1x, 2x)."),
@@ -185,6 +186,8 @@ def memory_profile(
     from gradoctor.memory.api import memory_profile as profile_api
     from gradoctor.report.memory_console import render_memory_profile
 
+    if recipe is not None and "=" in recipe.name and not recipe.exists():  # overrides only
+        recipe, overrides = None, [str(recipe), *(overrides or [])]
     result = _run(
         lambda: profile_api(
             recipe,
@@ -193,12 +196,11 @@ def memory_profile(
             steps=steps,
             check=check,
             snapshot=snapshot,
+            overrides=overrides or None,
+            json_path=json_path,
         )
     )
     render_memory_profile(result, Console())
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result.to_dict(), indent=2, default=str))
 
 
 def main() -> Any:

@@ -9,6 +9,7 @@ configuration.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,12 @@ class Predictor:
         self.net = model  # resolves recipe-style names to the modules the loop would wrap
         self._models: dict[tuple[str, tuple[str, ...]], PeakModel] = {}
 
+    def targets(self, names: list[str] | tuple[str, ...]) -> list[str]:
+        """The qualified names the loop wraps for recipe-style ``names``."""
+        if self.net is not None and names:
+            return checkpoint_targets(self.net, list(names))[0]
+        return list(names)
+
     def source(self, precision: str) -> str | None:
         if precision in self.m.traces:
             return precision
@@ -73,8 +80,7 @@ class Predictor:
         src = self.source(precision)
         if src is None:
             return None
-        if self.net is not None and names:
-            names = checkpoint_targets(self.net, list(names))[0]
+        names = self.targets(names)
         key = (src, tuple(names))
         if key not in self._models:
             self._models[key] = fit_peak_model(
@@ -98,6 +104,7 @@ def memory_profile(
     check: bool = True,
     snapshot: str | Path | None = None,
     overrides: list[str] | dict[str, Any] | None = None,
+    json_path: str | Path | None = None,
 ) -> MemoryProfile:
     """Profile where a recipe's training memory goes and what would make it fit.
 
@@ -106,11 +113,17 @@ def memory_profile(
     memory to plan for (default: the device's free memory on CUDA, none on CPU); ``steps`` steady
     steps are measured at the recipe's configuration; ``check`` runs one real step per what-if
     configuration to compare predicted with measured peaks; ``snapshot`` (CUDA only) writes a
-    ``torch.cuda.memory`` snapshot of one step for https://pytorch.org/memory_viz.
+    ``torch.cuda.memory`` snapshot of one step for https://pytorch.org/memory_viz; ``json_path``
+    also writes the profile as JSON (checked before anything runs); ``overrides`` are recipe
+    overrides (``["train.steps=5"]`` or a mapping).
 
     Silent. Raises UsageError (bad arguments), RecipeError, UserCodeError, OutOfMemory (the
     recipe does not run even at batch size 1 on the device).
     """
+    if json_path is not None and Path(json_path).is_dir():
+        raise UsageError(
+            f"--json {json_path} is a directory", hint="give a file path, e.g. profile.json"
+        )
     budget_bytes = parse_bytes(budget) if budget is not None else None
     sizes = parse_batch_sizes(batch_sizes)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -127,7 +140,20 @@ def memory_profile(
     profile_seconds = time.perf_counter() - t0
     if snapshot is not None:
         session.snapshot(Config(loaded.precision, (), m.batch_size), str(snapshot))
-    return analyse(session, m, sizes, budget_bytes, check, profile_seconds, snapshot)
+    profile = analyse(session, m, sizes, budget_bytes, check, profile_seconds, snapshot)
+    if json_path is not None:
+        write_json(profile, json_path)
+    return profile
+
+
+def write_json(profile: MemoryProfile, path: str | Path) -> None:
+    """``profile.to_dict()`` as JSON at ``path`` (parent folders created). Raises UsageError."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(profile.to_dict(), indent=2, default=str))
+    except OSError as exc:
+        raise UsageError(f"cannot write --json {path}: {exc.strerror or exc}") from exc
 
 
 def _load(recipe: Any, overrides: Any) -> Recipe:
@@ -159,6 +185,7 @@ def measure(session: ProfileSession, steps: int) -> Measurements:
                     hint="use precision: bf16, checkpoint activations, or a smaller model",
                 ) from None
             batch //= 2
+            session.profiled_batch_size = batch
     m = Measurements(batch, first, steps=1)
     if batch != session.recipe_batch_size:
         m.notes.append(
@@ -452,7 +479,8 @@ def what_if(
     options: list[tuple[str, list[str]]] = [("off", [])]
     if recipe.train.checkpoint:
         options.append(("recipe", list(recipe.train.checkpoint)))
-    if plan.modules and plan.modules != list(recipe.train.checkpoint):
+    same = predict.targets(plan.modules) == predict.targets(list(recipe.train.checkpoint))
+    if plan.modules and not same:
         options.append(("plan", plan.modules))
     rows = []
     for prec in PRECISIONS:

@@ -84,6 +84,7 @@ class ProfileSession:
         self._scalers: dict[str, torch.amp.GradScaler] = {}
         first = self._next(None)
         self.recipe_batch_size = batch_size_of(first) or 1
+        self.profiled_batch_size = self.recipe_batch_size  # smaller when the recipe's OOMs
         self._data[self.recipe_batch_size] = parts.data
         self._iters[self.recipe_batch_size] = self._iters.pop(None)
         self._resizable: bool | None = None
@@ -120,9 +121,11 @@ class ProfileSession:
         """Whether the data component builds batches of ``size`` via its batch_size keyword."""
         if size in self._data:
             return True
-        # Keep only the recipe's component and this one: a component may hold its data on the
-        # device (a DataLoader over CUDA tensors), which would otherwise pile up across sizes.
-        for old in [k for k in self._data if k not in (None, self.recipe_batch_size)]:
+        # Keep only the recipe's component, the profiled size's and this one: a component may
+        # hold its data on the device (a DataLoader over CUDA tensors), which would otherwise
+        # pile up across sizes.
+        keep = (None, self.recipe_batch_size, self.profiled_batch_size)
+        for old in [k for k in self._data if k not in keep]:
             self._data.pop(old)
             self._iters.pop(old, None)
         spec = self.recipe.data

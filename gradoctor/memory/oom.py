@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import shlex
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,12 +41,14 @@ def oom_diagnosis(
     exc: BaseException,
     *,
     step: int | None = None,
+    batch: Any = None,
 ) -> dict[str, Any]:
     """One ``memory`` diagnosis entry (``code, severity, modules, steps, message, evidence,
-    fix``) for an OOM raised at ``step`` (found in the traceback when not given)."""
+    fix``) for an OOM raised at ``step`` on ``batch`` (both found in the training loop's frame
+    of the traceback when not given)."""
     step = step if step is not None else _frame_local(exc, "step", int)
     try:
-        return _diagnose(model, recipe, torch.device(device), exc, step)
+        return _diagnose(model, recipe, torch.device(device), exc, step, batch)
     except Exception as err:  # never raise from an error path
         return _generic(model, recipe, exc, step, f"{type(err).__name__}: {err}")
 
@@ -55,9 +59,11 @@ def _diagnose(
     device: torch.device,
     exc: BaseException,
     step: int | None,
+    batch: Any = None,
 ) -> dict[str, Any]:
     ev = _evidence(model, recipe, device, exc)
-    batch = _frame_local(exc, "batch", object)
+    if batch is None:
+        batch = _frame_local(exc, "batch", object, only=_BATCH_FRAMES)
     if batch is None:
         return _generic(model, recipe, exc, step, "the failing batch was not found", ev)
     b = batch_size_of(batch) or 1
@@ -65,14 +71,17 @@ def _diagnose(
     activations = sum(s.saved_total for s in stats if s.qname == "")
     fixed = ev["parameters"] + ev["gradients"] + ev["optimizer_state"]
     budget = int(_HEADROOM * ev["device_total"]) if ev.get("device_total") else None
-    needed = ev["allocated"] + ev["tried_to_allocate"] if ev.get("allocated") else None
-    needed = max(needed or 0, fixed + activations)
+    if budget is not None and ev.get("free") is not None and ev.get("torch_reserved"):
+        budget = min(budget, ev["free"] + ev["torch_reserved"])  # a shared GPU: what we can use
+    held = ev.get("torch_allocated") or ev.get("allocated") or fixed
+    needed = max(held + ev["tried_to_allocate"], fixed + activations)
     ev.update(
         activations_estimate=activations,
         batch_size=b,
         needed_at_least=needed,
         budget=budget,
-        method="meta-device forward (fp32 sizes) + allocator counters",
+        method="meta-device forward (fp32 sizes)"
+        + (" + allocator counters" if ev.get("allocated") or ev.get("torch_allocated") else ""),
     )
     cands = [
         planner.Candidate(s.qname, s.drop, s.spike, float(flops.get(s.qname, 0) or s.drop))
@@ -179,7 +188,13 @@ def _evidence(
         "tried_to_allocate": _parse_size(str(exc), r"Tried to allocate ([\d.]+ \w+)") or 0,
         "device_total": _parse_size(str(exc), r"total capacity of ([\d.]+ \w+)"),
         "free": _parse_size(str(exc), r"of which ([\d.]+ \w+) is free"),
+        # "Of the allocated memory X is allocated by PyTorch, and Y is reserved by PyTorch but
+        # unallocated": what this process holds (the rest of the card may be another's)
+        "torch_allocated": _parse_size(str(exc), r"([\d.]+ \w+) is allocated by PyTorch"),
     }
+    unallocated = _parse_size(str(exc), r"([\d.]+ \w+) is reserved by PyTorch but unallocated")
+    if ev["torch_allocated"] is not None:
+        ev["torch_reserved"] = ev["torch_allocated"] + (unallocated or 0)
     if device.type == "cuda":
         with contextlib.suppress(Exception):
             ev["allocated"] = torch.cuda.memory_allocated(device)
@@ -219,8 +234,18 @@ def _frames(exc: BaseException) -> list[tuple[Any, int]]:
     return out
 
 
-def _frame_local(exc: BaseException, name: str, kind: type) -> Any:
+_BATCH_FRAMES = (  # where the failing step's batch lives (not a user's ``batch, dim = x.shape``)
+    str(Path("gradoctor", "train", "loop.py")),
+    str(Path("gradoctor", "memory", "measure.py")),
+)
+
+
+def _frame_local(
+    exc: BaseException, name: str, kind: type, only: tuple[str, ...] | None = None
+) -> Any:
     for frame, _ in reversed(_frames(exc)):
+        if only is not None and not frame.f_code.co_filename.endswith(only):
+            continue
         value = frame.f_locals.get(name)
         if value is not None and isinstance(value, kind) and not isinstance(value, bool):
             return value
@@ -236,10 +261,14 @@ def _parse_size(text: str, pattern: str) -> int | None:
 
 
 def _fix_text(fixes: list[str], recipe: Recipe) -> str:
-    return (
-        "; ".join(fixes)
-        + f" (measured plan: gradoctor memory-profile {recipe.name}.yaml --budget <memory>)"
-    )
+    """The fixes, and the command that measures a plan for this very recipe (its file and
+    overrides; on CUDA the budget defaults to the device's memory)."""
+    if recipe.source is not None:
+        cmd = ["gradoctor", "memory-profile", recipe.source, *recipe.overrides]
+        how = " ".join(shlex.quote(part) for part in cmd)
+    else:
+        how = "gradoctor.memory_profile(recipe)"
+    return "; ".join(fixes) + f" (measured plan: {how})"
 
 
 def _entry(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +54,12 @@ def load_recipe(
     ``overrides`` are CLI strings ``["train.steps=50"]`` or a mapping (nested, dotted, or with
     ``__`` for dots). Raises :class:`~gradoctor.errors.RecipeError` listing every problem.
     """
+    earlier: list[str] = []
     if isinstance(recipe, Recipe):
         if not overrides:
             return recipe
-        data, lines, source = copy.deepcopy(recipe.raw), {}, None
-        base_dir, name = recipe.base_dir, recipe.name
+        data, lines, source = copy.deepcopy(recipe.raw), {}, recipe.source
+        base_dir, name, earlier = recipe.base_dir, recipe.name, list(recipe.overrides)
     elif isinstance(recipe, dict):
         data, lines, source = copy.deepcopy(recipe), {}, None
         base_dir, name = Path.cwd(), "recipe"
@@ -68,7 +70,7 @@ def load_recipe(
     if isinstance(overrides, dict):
         overrides = _nested_to_dotted(overrides)
     problems, overridden = apply_overrides(data, overrides or [])
-    return build_recipe(
+    loaded = build_recipe(
         data,
         lines=lines,
         name=name,
@@ -78,3 +80,11 @@ def load_recipe(
         extra_problems=problems,
         overridden=overridden,
     )
+    loaded.source = source
+    as_text = (
+        [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+        if isinstance(overrides, dict)
+        else list(overrides or [])
+    )
+    loaded.overrides = earlier + as_text
+    return loaded

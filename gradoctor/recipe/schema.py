@@ -107,6 +107,10 @@ class Recipe:
     distributed: DistributedConfig | None = None  # None: single process unless under torchrun
     name: str = "recipe"  # file stem, used for {recipe} in output.dir
     base_dir: Path = field(default_factory=Path.cwd)  # where 'file.py:Symbol' paths start
+    # provenance, not configuration (not compared, not in to_dict): the YAML path as given
+    # (None: built from a mapping) and the key.sub=value overrides applied, in order
+    source: str | None = field(default=None, compare=False)
+    overrides: list[str] = field(default_factory=list, compare=False)
     raw: dict[str, Any] = field(default_factory=dict)
 
     def output_dir(self) -> Path:

@@ -41,7 +41,7 @@ def _setup(**changes):
 def test_diagnosis_shape_and_concrete_fix():
     recipe, parts, batch = _setup(**{"model.depth": 4, "data.batch_size": 64})
     exc = _fail_in_forward(parts.model, batch, parts.loss_fn)
-    d = oom_diagnosis(parts.model, recipe, "cpu", exc, step=12)
+    d = oom_diagnosis(parts.model, recipe, "cpu", exc, step=12, batch=batch)
     assert set(d) == KEYS
     assert (d["code"], d["severity"], d["steps"]) == ("memory", "error", [12])
     names = {q for q, _ in parts.model.named_modules()}
