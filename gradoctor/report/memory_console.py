@@ -40,7 +40,8 @@ def render_memory_profile(p: MemoryProfile, console: Console) -> None:
 
 
 def _breakdown(p: MemoryProfile, console: Console) -> None:
-    table = Table(title="Where the peak goes (one steady-state step)", title_justify="left")
+    title = "Where the peak goes (one steady-state step)"
+    table = Table(title=title, title_justify="left", min_width=len(title))
     table.add_column("category")
     table.add_column("bytes", justify="right")
     table.add_column("share", justify="right")
