@@ -99,31 +99,45 @@ def _diagnose(
             chosen = [c.qname for c in cands if planner.parent_of(c.qname, outer) is None]
     picked = [c for c in cands if c.qname in chosen]
     freed = sum(c.drop for c in picked) - max((c.spike for c in picked), default=0)
-    per_sample = max(needed - fixed - max(freed, 0), 1) / b
+    if freed <= 0:  # checkpointing these would cost recompute for nothing
+        chosen, picked, freed = [], [], 0
+    per_sample = max(needed - fixed - freed, 1) / b
     fits = math.floor((budget - fixed) / per_sample) if budget is not None else b // 2
     fits = max(0, min(fits, b if chosen else b - 1))
-    ev["checkpoint_frees_estimate"] = max(freed, 0)
+    ev["checkpoint_frees_estimate"] = freed
     names = summary.recipe_names(model, chosen) if chosen else []
     ranked = sorted(stats, key=lambda s: -s.saved_total)
     modules = chosen + [s.qname for s in ranked if s.qname and s.qname not in chosen][:5]
-    fixes = []
-    if names:
-        fixes.append(f"train.checkpoint: {summary.yaml_list(names)}")
-    if fits < 1:
-        fixes.append("even data.batch_size: 1 does not fit")
-    elif fits < b:
-        fixes.append(f"data.batch_size: {fits}")
+    changes, notes = [], []
+    if budget is not None and needed <= budget:
+        notes.append(
+            "the step should fit: the allocator's cached blocks are fragmented, or another "
+            "process took memory; set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"
+        )
+    elif budget is not None and fixed > budget:
+        notes.append(
+            f"parameters, gradients and optimizer state alone need {format_bytes(fixed)}: "
+            "shard them (distributed.strategy: fsdp), use an optimizer with less state, or a "
+            "smaller model"
+        )
+    else:
+        if names:
+            changes.append(f"train.checkpoint={summary.yaml_list(names)}")
+        if fits < 1:
+            notes.append("even data.batch_size 1 does not fit")
+        elif fits < b:
+            changes.append(f"data.batch_size={fits}")
     if recipe.precision == "fp32":
-        fixes.append("precision: bf16")
+        changes.append("precision=bf16")
     where = f" at step {step}" if step is not None else ""
     message = (
         f"out of memory in {ev['phase']}{where}: the step needed at least "
         f"{format_bytes(needed)}"
-        + (f" of {format_bytes(ev['device_total'])}" if ev.get("device_total") else "")
+        + (f" of {format_bytes(budget)} usable" if budget is not None else "")
         + f", {format_bytes(activations)} of it activations saved for backward "
         f"(batch {b}) and {format_bytes(fixed)} parameters, gradients and optimizer state"
     )
-    return _entry(modules, step, message, ev, _fix_text(fixes, recipe))
+    return _entry(modules, step, message, ev, _fix_text(changes, notes, recipe))
 
 
 def _meta_forward(
@@ -260,15 +274,25 @@ def _parse_size(text: str, pattern: str) -> int | None:
     return int(float(number) * _UNITS.get(unit, 1))
 
 
-def _fix_text(fixes: list[str], recipe: Recipe) -> str:
-    """The fixes, and the command that measures a plan for this very recipe (its file and
-    overrides; on CUDA the budget defaults to the device's memory)."""
+def _fix_text(changes: list[str], notes: list[str], recipe: Recipe) -> str:
+    """``notes``, then the run again with ``changes`` (``key.sub=value`` overrides) as a command
+    that works as printed, and the command that measures a plan for this very recipe (its file
+    and overrides; on CUDA the budget defaults to the device's free memory)."""
+    parts = list(notes)
     if recipe.source is not None:
-        cmd = ["gradoctor", "memory-profile", recipe.source, *recipe.overrides]
-        how = " ".join(shlex.quote(part) for part in cmd)
+        base = [recipe.source, *recipe.overrides]
+        if changes:
+            parts.append("rerun with " + _command(["gradoctor", "train", *base, *changes]))
+        parts.append("measure a plan: " + _command(["gradoctor", "memory-profile", *base]))
     else:
-        how = "gradoctor.memory_profile(recipe)"
-    return "; ".join(fixes) + f" (measured plan: {how})"
+        if changes:
+            parts.append("rerun with the overrides " + _command(changes))
+        parts.append("measure a plan: gradoctor.memory_profile(recipe)")
+    return "; ".join(parts)
+
+
+def _command(words: list[str]) -> str:
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def _entry(
@@ -298,14 +322,14 @@ def _generic(
         evidence = dict(evidence or {}, fallback=why)
         blocks = _repeated_block(model)
         size = recipe.data.kwargs.get("batch_size")
-        fixes = [f"train.checkpoint: {summary.yaml_list([blocks])}"] if blocks else []
-        fixes.append(
-            f"data.batch_size: {max(1, size // 2)}"
-            if isinstance(size, int)
-            else "a smaller data.batch_size"
-        )
+        changes = [f"train.checkpoint={summary.yaml_list([blocks])}"] if blocks else []
+        notes = []
+        if isinstance(size, int) and size > 1:
+            changes.append(f"data.batch_size={size // 2}")
+        elif not isinstance(size, int):
+            notes.append("use a smaller batch")
         if recipe.precision == "fp32":
-            fixes.append("precision: bf16")
+            changes.append("precision=bf16")
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         where = f" at step {step}" if step is not None else ""
         return _entry(
@@ -313,7 +337,7 @@ def _generic(
             step,
             f"out of memory{where}: {first}",
             evidence,
-            _fix_text(fixes, recipe),
+            _fix_text(changes, notes, recipe),
         )
     except Exception:
         return _entry(

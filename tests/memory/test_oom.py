@@ -1,5 +1,7 @@
 """The OOM diagnosis the training loop attaches to its report, with a fake CUDA OOM on CPU."""
 
+import shlex
+
 import torch
 
 from gradoctor.memory.oom import oom_diagnosis
@@ -10,8 +12,9 @@ from tests.memory.conftest import memory_recipe
 
 KEYS = {"code", "severity", "modules", "steps", "message", "evidence", "fix"}
 MESSAGE = (
-    "CUDA out of memory. Tried to allocate 8.00 KiB. GPU 0 has a total capacity of 20.00 KiB "
-    "of which 1.00 KiB is free. Of the allocated memory 18.00 KiB is allocated by PyTorch"
+    "CUDA out of memory. Tried to allocate 8.00 KiB. GPU 0 has a total capacity of 40.00 KiB "
+    "of which 1.00 KiB is free. Of the allocated memory 36.00 KiB is allocated by PyTorch, and "
+    "1.00 KiB is reserved by PyTorch but unallocated"
 )
 
 
@@ -49,14 +52,29 @@ def test_diagnosis_shape_and_concrete_fix():
     assert d["message"].startswith("out of memory in forward at step 12")
     assert "." not in d["message"].rstrip(".")[-1:]  # one sentence
     ev = d["evidence"]
-    assert ev["tried_to_allocate"] == 8 * 1024 and ev["device_total"] == 20 * 1024
+    assert ev["tried_to_allocate"] == 8 * 1024 and ev["device_total"] == 40 * 1024
+    assert ev["budget"] == 38 * 1024  # usable: free + what PyTorch holds (< 95% of the card)
+    assert ev["needed_at_least"] >= 36 * 1024 + 8 * 1024  # held + the failed allocation
     assert ev["parameters"] == sum(p.numel() * 4 for p in parts.model.parameters())
     assert ev["optimizer_state"] == 2 * ev["parameters"]  # AdamW
     assert ev["batch_size"] == 64
     # every Block's tanh output (4 bytes x 64 x 16) is freed by checkpointing it
     assert ev["activations_estimate"] > 0
-    assert "data.batch_size:" in d["fix"] and "precision: bf16" in d["fix"]
-    assert "train.checkpoint: [" in d["fix"]
+    assert "data.batch_size=" in d["fix"] and "precision=bf16" in d["fix"]
+    assert "train.checkpoint=[" in d["fix"]
+    # the printed overrides are accepted by the recipe loader as they stand
+    overrides = shlex.split(d["fix"].split("rerun with the overrides ")[1].split(";")[0])
+    fixed = load_recipe(memory_recipe("Stack", **{"model.depth": 4}), overrides)
+    assert fixed.precision == "bf16" and fixed.train.checkpoint
+
+
+def test_parameters_alone_over_the_device_get_a_sharding_fix():
+    recipe, parts, batch = _setup(**{"model.depth": 4, "data.batch_size": 64})
+    exc = _fail_in_forward(parts.model, batch, parts.loss_fn)
+    exc.args = (MESSAGE.replace("40.00 KiB", "16.00 KiB"),)
+    d = oom_diagnosis(parts.model, recipe, "cpu", exc, step=3, batch=batch)
+    assert "alone need" in d["fix"] and "fsdp" in d["fix"]
+    assert "train.checkpoint" not in d["fix"] and "data.batch_size" not in d["fix"]
 
 
 def test_step_found_in_the_traceback_and_never_raises():
@@ -74,7 +92,7 @@ def test_step_found_in_the_traceback_and_never_raises():
     assert d["steps"] == [5]
     # no traceback, no batch: the generic fix, still the same shape
     d = oom_diagnosis(parts.model, recipe, "cpu", torch.OutOfMemoryError("boom"))
-    assert set(d) == KEYS and d["modules"] == ["Block"] and "data.batch_size: 8" in d["fix"]
+    assert set(d) == KEYS and d["modules"] == ["Block"] and "data.batch_size=8" in d["fix"]
     # nonsense arguments still give a diagnosis
     d = oom_diagnosis(None, None, "cpu", torch.OutOfMemoryError("boom"))
     assert set(d) == KEYS and d["code"] == "memory"
