@@ -5,6 +5,7 @@ This is the reporting layer: the only code in gradoctor that prints.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -157,9 +158,10 @@ def render_summary(result: TrainResult, console: Console) -> None:
             "speed",
             f"{speed['step_s'] * 1000:.1f} ms/step · {_num(speed['samples_per_s'], '.1f')} samples/s",
         )
-    table.add_row(
-        "output", f"{data['output_dir']} (report.json, TensorBoard events, checkpoint.pt)"
-    )
+    written = ["report.json", "TensorBoard events"]
+    if (Path(data["output_dir"]) / "checkpoint.pt").is_file():  # none after, e.g., an OOM
+        written.append("checkpoint.pt")
+    table.add_row("output", f"{data['output_dir']} ({', '.join(written)})")
     if data.get("error"):
         table.add_row("error", data["error"].splitlines()[0])
     console.print(table)
