@@ -126,7 +126,7 @@ def report(
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
     else:
-        render_summary(result, Console())
+        render_summary(result, Console(), run_dir=run_dir)
 
 
 @app.command("check-grads")
@@ -159,7 +159,7 @@ def check_grads(
 @app.command("memory-profile")
 def memory_profile(
     recipe: Annotated[
-        Path | None, typer.Argument(help="The YAML recipe (default ./recipe.yaml).")
+        str | None, typer.Argument(help="The YAML recipe (default ./recipe.yaml).")
     ] = None,
     overrides: Overrides = None,
     batch_sizes: Annotated[
@@ -186,8 +186,8 @@ def memory_profile(
     from gradoctor.memory.api import memory_profile as profile_api
     from gradoctor.report.memory_console import render_memory_profile
 
-    if recipe is not None and "=" in recipe.name and not recipe.exists():  # overrides only
-        recipe, overrides = None, [str(recipe), *(overrides or [])]
+    if recipe is not None and "=" in recipe and not Path(recipe).exists():  # overrides only
+        recipe, overrides = None, [recipe, *(overrides or [])]
     result = _run(
         lambda: profile_api(
             recipe,

@@ -120,10 +120,8 @@ def memory_profile(
     Silent. Raises UsageError (bad arguments), RecipeError, UserCodeError, OutOfMemory (the
     recipe does not run even at batch size 1 on the device).
     """
-    if json_path is not None and Path(json_path).is_dir():
-        raise UsageError(
-            f"--json {json_path} is a directory", hint="give a file path, e.g. profile.json"
-        )
+    if json_path is not None:
+        _check_json_path(Path(json_path))
     budget_bytes = parse_bytes(budget) if budget is not None else None
     sizes = parse_batch_sizes(batch_sizes)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -144,6 +142,21 @@ def memory_profile(
     if json_path is not None:
         write_json(profile, json_path)
     return profile
+
+
+def _check_json_path(path: Path) -> None:
+    """Before anything runs: a path the profile can be written to (its folder is created)."""
+    if path.is_dir():
+        raise UsageError(
+            f"--json {path} is a directory", hint="give a file path, e.g. profile.json"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"--json {path}: cannot create its folder ({exc.strerror or exc})",
+            hint="give a path whose parent is a folder you can write",
+        ) from exc
 
 
 def write_json(profile: MemoryProfile, path: str | Path) -> None:

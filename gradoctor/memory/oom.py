@@ -42,15 +42,17 @@ def oom_diagnosis(
     *,
     step: int | None = None,
     batch: Any = None,
+    launch: list[str] | None = None,
 ) -> dict[str, Any]:
     """One ``memory`` diagnosis entry (``code, severity, modules, steps, message, evidence,
     fix``) for an OOM raised at ``step`` on ``batch`` (both found in the training loop's frame
-    of the traceback when not given)."""
+    of the traceback when not given). ``launch``: the run's command-line options the printed
+    rerun command repeats (``["--resume", DIR]``, ``["--nproc-per-node", N]``)."""
     step = step if step is not None else _frame_local(exc, "step", int)
     try:
-        return _diagnose(model, recipe, torch.device(device), exc, step, batch)
+        return _diagnose(model, recipe, torch.device(device), exc, step, batch, launch)
     except Exception as err:  # never raise from an error path
-        return _generic(model, recipe, exc, step, f"{type(err).__name__}: {err}")
+        return _generic(model, recipe, exc, step, f"{type(err).__name__}: {err}", launch=launch)
 
 
 def _diagnose(
@@ -60,12 +62,15 @@ def _diagnose(
     exc: BaseException,
     step: int | None,
     batch: Any = None,
+    launch: list[str] | None = None,
 ) -> dict[str, Any]:
     ev = _evidence(model, recipe, device, exc)
     if batch is None:
         batch = _frame_local(exc, "batch", object, only=_BATCH_FRAMES)
     if batch is None:
-        return _generic(model, recipe, exc, step, "the failing batch was not found", ev)
+        return _generic(
+            model, recipe, exc, step, "the failing batch was not found", ev, launch=launch
+        )
     b = batch_size_of(batch) or 1
     stats, flops = _meta_forward(model, batch, recipe)
     activations = sum(s.saved_total for s in stats if s.qname == "")
@@ -108,18 +113,21 @@ def _diagnose(
     names = summary.recipe_names(model, chosen) if chosen else []
     ranked = sorted(stats, key=lambda s: -s.saved_total)
     modules = chosen + [s.qname for s in ranked if s.qname and s.qname not in chosen][:5]
-    changes, notes = [], []
+    changes, notes, env = [], [], []
+    autocast_helps = recipe.precision == "fp32"
     if budget is not None and needed <= budget:
         notes.append(
             "the step should fit: the allocator's cached blocks are fragmented, or another "
-            "process took memory; set PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"
+            "process took memory"
         )
+        env = ["PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True"]
     elif budget is not None and fixed > budget:
         notes.append(
             f"parameters, gradients and optimizer state alone need {format_bytes(fixed)}: "
-            "shard them (distributed.strategy: fsdp), use an optimizer with less state, or a "
-            "smaller model"
+            "shard them over several GPUs (distributed.strategy: fsdp), use an optimizer with "
+            "less state, or a smaller model (autocast keeps fp32 weights: bf16 does not help)"
         )
+        autocast_helps = False
     else:
         if names:
             changes.append(f"train.checkpoint={summary.yaml_list(names)}")
@@ -127,7 +135,7 @@ def _diagnose(
             notes.append("even data.batch_size 1 does not fit")
         elif fits < b:
             changes.append(f"data.batch_size={fits}")
-    if recipe.precision == "fp32":
+    if autocast_helps:
         changes.append("precision=bf16")
     where = f" at step {step}" if step is not None else ""
     message = (
@@ -137,7 +145,9 @@ def _diagnose(
         + f", {format_bytes(activations)} of it activations saved for backward "
         f"(batch {b}) and {format_bytes(fixed)} parameters, gradients and optimizer state"
     )
-    return _entry(modules, step, message, ev, _fix_text(changes, notes, recipe))
+    return _entry(
+        modules, step, message, ev, _fix_text(changes, notes, recipe, env=env, launch=launch)
+    )
 
 
 def _meta_forward(
@@ -274,15 +284,23 @@ def _parse_size(text: str, pattern: str) -> int | None:
     return int(float(number) * _UNITS.get(unit, 1))
 
 
-def _fix_text(changes: list[str], notes: list[str], recipe: Recipe) -> str:
+def _fix_text(
+    changes: list[str],
+    notes: list[str],
+    recipe: Recipe,
+    env: list[str] | None = None,
+    launch: list[str] | None = None,
+) -> str:
     """``notes``, then the run again with ``changes`` (``key.sub=value`` overrides) as a command
-    that works as printed, and the command that measures a plan for this very recipe (its file
-    and overrides; on CUDA the budget defaults to the device's free memory)."""
+    that works as printed (``env`` before it, the run's ``launch`` options such as ``--resume``
+    after it), and the command that measures a plan for this very recipe (its file and
+    overrides; on CUDA the budget defaults to the device's free memory)."""
     parts = list(notes)
     if recipe.source is not None:
         base = [recipe.source, *recipe.overrides]
-        if changes:
-            parts.append("rerun with " + _command(["gradoctor", "train", *base, *changes]))
+        if changes or env:
+            again = [*(env or []), "gradoctor", "train", *base, *changes, *(launch or [])]
+            parts.append("rerun with " + _command(again))
         parts.append("measure a plan: " + _command(["gradoctor", "memory-profile", *base]))
     else:
         if changes:
@@ -316,6 +334,7 @@ def _generic(
     step: int | None,
     why: str,
     evidence: dict[str, Any] | None = None,
+    launch: list[str] | None = None,
 ) -> dict[str, Any]:
     """The fallback: halve the batch, bf16, and checkpoint the most repeated block class."""
     try:
@@ -337,7 +356,7 @@ def _generic(
             step,
             f"out of memory{where}: {first}",
             evidence,
-            _fix_text(changes, notes, recipe),
+            _fix_text(changes, notes, recipe, launch=launch),
         )
     except Exception:
         return _entry(

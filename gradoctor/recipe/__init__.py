@@ -41,6 +41,15 @@ def _nested_to_dotted(overrides: dict[str, Any], prefix: str = "") -> dict[str, 
     return flat
 
 
+def _as_yaml(value: Any) -> str:
+    """An override value as command-line text YAML reads back (JSON is YAML); a value JSON
+    cannot hold (a tensor, inf) as its repr: provenance only, never an error."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
 def load_recipe(
     recipe: str | Path | dict[str, Any] | Recipe,
     overrides: list[str] | dict[str, Any] | None = None,
@@ -82,7 +91,7 @@ def load_recipe(
     )
     loaded.source = source
     as_text = (
-        [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+        [f"{k}={_as_yaml(v)}" for k, v in overrides.items()]
         if isinstance(overrides, dict)
         else list(overrides or [])
     )

@@ -18,10 +18,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from gradoctor.memory.units import format_bytes
 from gradoctor.report.base import Reporter
-from gradoctor.report.triage import triage_view
+from gradoctor.report.triage import triage_parts
 from gradoctor.result import TrainResult
 
 
@@ -88,8 +89,11 @@ class ConsoleReporter(Reporter):
         render_summary(result, self.console)
 
 
-def render_summary(result: TrainResult, console: Console) -> None:
-    """The short end-of-run table: outcome, loss, scale ledger, gradient norms, memory, speed."""
+def render_summary(
+    result: TrainResult, console: Console, run_dir: str | Path | None = None
+) -> None:
+    """The short end-of-run table: outcome, loss, scale ledger, gradient norms, memory, speed.
+    ``run_dir``: where the run's files are now (default: its output folder)."""
     data = result.to_dict()
     table = Table(
         title=f"run {data['status']} · {data['steps_completed']} steps · {data['duration_s']:.1f} s",
@@ -159,13 +163,18 @@ def render_summary(result: TrainResult, console: Console) -> None:
             f"{speed['step_s'] * 1000:.1f} ms/step · {_num(speed['samples_per_s'], '.1f')} samples/s",
         )
     written = ["report.json", "TensorBoard events"]
-    if (Path(data["output_dir"]) / "checkpoint.pt").is_file():  # none after, e.g., an OOM
+    where = Path(run_dir) if run_dir is not None else Path(data["output_dir"] or ".")
+    if where.is_file():  # report.json given
+        where = where.parent
+    if (where / "checkpoint.pt").is_file():  # none after, e.g., an OOM
         written.append("checkpoint.pt")
     table.add_row("output", f"{data['output_dir']} ({', '.join(written)})")
     if data.get("error"):
         table.add_row("error", data["error"].splitlines()[0])
     console.print(table)
-    console.print(triage_view(data))
+    for part in triage_parts(data):
+        unwrapped = isinstance(part, Text) and part.no_wrap
+        console.print(part, soft_wrap=unwrapped, crop=not unwrapped)
 
 
 def print_error(error: Exception, console: Console | None = None) -> None:

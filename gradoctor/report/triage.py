@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gradoctor.diagnose.types import ranked
+from gradoctor.memory.units import format_bytes
 
 BARS = "▁▂▃▄▅▆▇█"
 HEAT = [
@@ -100,18 +101,54 @@ def diagnoses_table(diags: list[dict[str, Any]]) -> Table:
         evidence = _evidence_line(d["evidence"])
         if evidence:
             body.append("\n" + evidence, style="dim")
+        prose, commands = split_fix(d["fix"])
         body.append("\nfix: ", style="bold")
-        body.append(d["fix"])
+        body.append("; ".join(prose + (["the commands below the table"] if commands else [])))
         table.add_row(
             Text(d["severity"], style=SEVERITY_STYLE.get(d["severity"], "")), d["code"], where, body
         )
     return table
 
 
+_COMMAND_LEADS = ("rerun with ", "measure a plan: ")
+
+
+def split_fix(fix: str) -> tuple[list[str], list[str]]:
+    """A fix's prose and its shell commands (``rerun with gradoctor train ...``), which are
+    printed apart, each on one line that is never wrapped or cut, so they paste as they are."""
+    parts = [p.strip() for p in fix.split("; ") if p.strip()]
+    commands = [p for p in parts if p.startswith(_COMMAND_LEADS)]
+    return [p for p in parts if p not in commands], commands
+
+
+def fix_commands(diags: list[dict[str, Any]]) -> Text | None:
+    lines = [c for d in ranked(diags) for c in split_fix(d["fix"])[1]]
+    if not lines:
+        return None
+    return Text("\n".join(lines), no_wrap=True, overflow="ignore")
+
+
+_BYTE_KEYS = {  # evidence values that are byte counts (the memory diagnosis)
+    "parameters",
+    "gradients",
+    "optimizer_state",
+    "tried_to_allocate",
+    "device_total",
+    "free",
+    "allocated",
+    "reserved",
+    "budget",
+    "needed_at_least",
+    "activations_estimate",
+}
+
+
 def _evidence_line(evidence: dict[str, Any], limit: int = 6) -> str:
     items = []
     for key, value in evidence.items():
-        if isinstance(value, float):
+        if key in _BYTE_KEYS and isinstance(value, int) and not isinstance(value, bool):
+            items.append(f"{key}={format_bytes(value)}")
+        elif isinstance(value, float):
             items.append(f"{key}={value:.3g}")
         elif isinstance(value, (int, str)) and len(str(value)) < 40:
             items.append(f"{key}={value}")
@@ -197,12 +234,21 @@ def loss_and_scale(data: dict[str, Any], width: int = 60) -> Table:
     return table
 
 
-def triage_view(data: dict[str, Any]) -> Group:
+def triage_parts(data: dict[str, Any]) -> list[Any]:
+    """The triage's renderables in order; a fix's commands are one ``Text`` with ``no_wrap``:
+    print it with ``soft_wrap=True`` so a long command is neither cut nor broken."""
     parts: list[Any] = [verdict(data)]
     if data.get("diagnoses"):
         parts.append(diagnoses_table(data["diagnoses"]))
+        commands = fix_commands(data["diagnoses"])
+        if commands is not None:
+            parts.append(commands)
     flow = gradient_flow(data.get("history", {}))
     if flow is not None:
         parts.append(flow)
     parts.append(loss_and_scale(data))
-    return Group(*parts)
+    return parts
+
+
+def triage_view(data: dict[str, Any]) -> Group:
+    return Group(*triage_parts(data))

@@ -141,8 +141,12 @@ class Trainer:
         self._agreed_stop = False
         self._finishing = False
         self._oom_diagnosis: dict[str, Any] | None = None
+        self._launch: list[str] = []  # the command-line options an OOM fix repeats
         if resume is not None:
             self._restore(load_checkpoint(resume))
+            self._launch += ["--resume", str(resume)]
+        if self.dist is not None and self.dist.world_size > 1:
+            self._launch += ["--nproc-per-node", str(self.dist.world_size)]
         if self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.start_step == 0 and self.main:  # a fresh run replaces earlier events here
@@ -504,7 +508,12 @@ class Trainer:
             torch.cuda.empty_cache()
         try:
             return oom_diagnosis(
-                self.model, self.recipe, self.device, exc, step=self.step_count + 1
+                self.model,
+                self.recipe,
+                self.device,
+                exc,
+                step=self.step_count + 1,
+                launch=self._launch,
             )
         except Exception:  # never lose the report over the explanation
             return None

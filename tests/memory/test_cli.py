@@ -59,3 +59,24 @@ def test_bad_budget_unit_exits_2_naming_the_units(tmp_path):
 def test_bad_steps_exit_2(tmp_path):
     result = runner.invoke(app, ["memory-profile", str(_write(tmp_path)), "--steps", "0"])
     assert result.exit_code == 2
+
+
+def test_overrides_alone_profile_the_default_recipe(tmp_path, monkeypatch):
+    """``./recipe.yaml`` with overrides only, one of them a path (it holds '/')."""
+    _write(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "new" / "dir" / "p.json"
+    args = ["memory-profile", f"output.dir={tmp_path}/runs/x", "data.batch_size=8"]
+    result = runner.invoke(app, [*args, "--no-check", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["batch_size"] == 8
+
+
+def test_json_path_problems_are_usage_errors_before_anything_runs(tmp_path):
+    path = _write(tmp_path)
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    for target, words in ((tmp_path, "is a directory"), (blocker / "x.json", "cannot create")):
+        result = runner.invoke(app, ["memory-profile", str(path), "--json", str(target)])
+        assert result.exit_code == 2, result.output
+        assert words in result.output and "peak" not in result.output  # nothing ran

@@ -3,6 +3,7 @@
 import shlex
 
 import torch
+import yaml
 
 from gradoctor.memory.oom import oom_diagnosis
 from gradoctor.recipe import load_recipe
@@ -96,3 +97,25 @@ def test_step_found_in_the_traceback_and_never_raises():
     # nonsense arguments still give a diagnosis
     d = oom_diagnosis(None, None, "cpu", torch.OutOfMemoryError("boom"))
     assert set(d) == KEYS and d["code"] == "memory"
+
+
+def test_weights_alone_get_no_bf16_and_the_rerun_repeats_launch_options(tmp_path):
+    """Autocast keeps fp32 weights, gradients and optimizer state: bf16 cannot help them. The
+    printed command repeats the run's file, overrides and launch options (--resume)."""
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(memory_recipe("Stack", **{"model.depth": 4})))
+    recipe = load_recipe(path, ["data.batch_size=64"])
+    parts = build_components(recipe, torch.device("cpu"))
+    batch = next(iter(parts.data))
+    exc = _fail_in_forward(parts.model, batch, parts.loss_fn)
+    exc.args = (MESSAGE.replace("40.00 KiB", "16.00 KiB"),)
+    launch = ["--resume", "runs/x"]
+    d = oom_diagnosis(parts.model, recipe, "cpu", exc, step=3, batch=batch, launch=launch)
+    assert "precision=bf16" not in d["fix"] and "bf16 does not help" in d["fix"]
+    roomy = MESSAGE.replace("40.00 KiB", "4.00 GiB").replace("1.00 KiB is free", "3.00 GiB is free")
+    exc.args = (roomy,)  # the step should have fit: fragmentation
+    d = oom_diagnosis(parts.model, recipe, "cpu", exc, step=3, batch=batch, launch=launch)
+    rerun = d["fix"].split("rerun with ")[1].split(";")[0]
+    assert rerun.startswith("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True gradoctor train")
+    words = shlex.split(rerun)
+    assert words[3:5] == [str(path), "data.batch_size=64"] and words[-2:] == launch

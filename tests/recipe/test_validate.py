@@ -476,3 +476,11 @@ def test_to_dict_round_trips_through_build_recipe(overrides: list[str]):
         "device",
     }
     assert ("grad_scaler" in d) == (r.precision == "fp16")
+
+
+def test_recording_overrides_never_raises():
+    """Provenance of a dict override whose value JSON cannot hold (a tensor) is its repr."""
+    import torch
+
+    r = gradoctor.load_recipe(CONTRACT, {"train.seed": 3, "loss.weight": torch.tensor([1.0, 2.0])})
+    assert r.overrides[0] == "train.seed=3" and r.overrides[1].startswith("loss.weight=tensor(")
