@@ -444,7 +444,9 @@ def make_plan(
         budget_source=source,
         modules=found.modules,
         recipe_names=names,
-        recipe_lines=summary.recipe_lines(names) if names else "train:\n  checkpoint: []",
+        recipe_lines=summary.recipe_lines(names, session.recipe)
+        if names
+        else "train:\n  checkpoint: []",
         predicted_peak=found.peak,
         recompute_flops=int(flops),
         recompute_share=flops / step_flops if step_flops else 0.0,

@@ -4,6 +4,7 @@ happens, the per-module table, and recipe-ready checkpoint names."""
 from __future__ import annotations
 
 import json
+import shlex
 from collections import Counter
 
 import torch
@@ -13,6 +14,7 @@ from gradoctor.memory.model import ModuleStats
 from gradoctor.memory.result import Category, ModuleMemory, PeakInfo
 from gradoctor.memory.tracking import StepTrace
 from gradoctor.recipe.load import safe_load
+from gradoctor.recipe.schema import Recipe
 
 CATEGORIES = (
     "parameters",
@@ -144,9 +146,14 @@ def _yaml_str(name: str) -> str:
     return name if same else json.dumps(name)
 
 
-def recipe_lines(names: list[str]) -> str:
-    """YAML to paste under a recipe (and the equivalent command-line override)."""
+def recipe_lines(names: list[str], recipe: Recipe | None = None) -> str:
+    """YAML to paste under a recipe, and the equivalent run as a command that works as printed
+    (the recipe's own file and overrides, when it came from a file)."""
     listed = yaml_list(names)
-    return (
-        f"train:\n  checkpoint: {listed}\n# or: gradoctor train RECIPE 'train.checkpoint={listed}'"
-    )
+    override = f"train.checkpoint={listed}"
+    if recipe is not None and recipe.source is not None:
+        words = ["gradoctor", "train", recipe.source, *recipe.overrides, override]
+        run = " ".join(shlex.quote(w) for w in words)
+    else:
+        run = f"gradoctor train RECIPE {shlex.quote(override)}"
+    return f"train:\n  checkpoint: {listed}\n# or: {run}"
