@@ -171,6 +171,7 @@ def module_stats(trace: StepTrace) -> list[ModuleStats]:
                 direct.setdefault(stack[-1], set()).add(idx)
             for cid in stack:
                 inside.setdefault(cid, set()).add(idx)
+    stops = last_packs(trace)  # once for every module below
     stats = []
     for qname, cids in by_name.items():
         owner = {cid: cid for cid in cids}
@@ -178,7 +179,6 @@ def module_stats(trace: StepTrace) -> list[ModuleStats]:
             if call.parent in owner and cid not in owner:
                 owner[cid] = owner[call.parent]
         redo = recomputed_records(trace, owner)
-        stops = last_packs(trace)
         size = lambda ids: sum(trace.records[i].nbytes for i in ids)  # noqa: E731
         drop = sum(size(x.dropped) for x in redo.values())
         spike = max(  # shared storages are alive anyway: their recomputed copies replace them

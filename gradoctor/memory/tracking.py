@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -274,7 +274,7 @@ class StepTracker(TorchDispatchMode):
                 handle.remove()
             self._refs.clear()
 
-    def fetch(self, get: Any) -> Any:
+    def fetch(self, get: Callable[[], Any]) -> Any:
         """``get()`` (the data component's next batch) with recording deferred: afterwards only
         the storages the returned batch owns and ``get`` created are recorded, as created here.
         Left out: a short batch skipped, collation temporaries, and a data set an iterator builds
