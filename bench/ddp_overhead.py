@@ -34,7 +34,7 @@ from bench.overhead import PlainLoop  # noqa: E402
 from gradoctor.distributed.sampler import distribute_data  # noqa: E402
 from gradoctor.distributed.wrap import no_sync  # noqa: E402
 from gradoctor.recipe import load_recipe  # noqa: E402
-from gradoctor.train.loop import Trainer  # noqa: E402
+from gradoctor.training.loop import Trainer  # noqa: E402
 
 
 class PlainDDP(PlainLoop):

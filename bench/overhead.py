@@ -28,12 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gradoctor.recipe import load_recipe  # noqa: E402
-from gradoctor.train.activation_checkpointing import apply_checkpointing  # noqa: E402
-from gradoctor.train.batches import compute_loss, to_device  # noqa: E402
-from gradoctor.train.build import build_components  # noqa: E402
-from gradoctor.train.environment import pick_device, seed_everything  # noqa: E402
-from gradoctor.train.loop import Trainer  # noqa: E402
-from gradoctor.train.precision import autocast, make_scaler  # noqa: E402
+from gradoctor.training.activation_checkpointing import apply_checkpointing  # noqa: E402
+from gradoctor.training.batches import compute_loss, to_device  # noqa: E402
+from gradoctor.training.build import build_components  # noqa: E402
+from gradoctor.training.environment import pick_device, seed_everything  # noqa: E402
+from gradoctor.training.loop import Trainer  # noqa: E402
+from gradoctor.training.precision import autocast, make_scaler  # noqa: E402
 
 SM = ROOT / "sample_models"
 BENCH = ROOT / "bench"

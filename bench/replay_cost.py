@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from overhead import CPU_CONFIGS, GPU_CONFIGS  # noqa: E402
 
 from gradoctor.recipe import load_recipe  # noqa: E402
-from gradoctor.train.loop import Trainer  # noqa: E402
+from gradoctor.training.loop import Trainer  # noqa: E402
 
 
 def _sync(device):

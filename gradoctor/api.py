@@ -9,7 +9,7 @@ from gradoctor.recipe import Recipe, load_recipe
 from gradoctor.report.base import Reporter
 from gradoctor.result import TrainResult
 from gradoctor.sinks.report_json import read_json
-from gradoctor.train.loop import Trainer
+from gradoctor.training.loop import Trainer
 
 
 def train(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from gradoctor.train.history import clean
+from gradoctor.training.history import clean
 
 
 @dataclass

@@ -22,14 +22,13 @@ component                       batch
 ``digits``                      ``(x float32 [B, 1, 8, 8] or [B, 64], y int64 [B])``
 ==============================  =================================================================
 
-Note: ``gradoctor.data.digits`` is the *function* (this package rebinds the name over the
-submodule of the same name); the module itself stays importable as
-``gradoctor.data.digits`` through ``sys.modules`` / ``importlib.import_module``.
+The modules are named for what they hold (``synthetic``, ``digits_data``), never for a
+function they export, so every dotted name resolves to one thing.
 """
 
 from __future__ import annotations
 
-from .digits import digits
+from .digits_data import digits
 from .synthetic import synthetic_classification, synthetic_regression, token_sequences
 
 __all__ = [

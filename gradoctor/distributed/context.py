@@ -49,7 +49,7 @@ def launched_by_torchrun() -> bool:
 
 def _device(spec: str, local_rank: int) -> torch.device:
     """This rank's device: the recipe's device type, indexed by LOCAL_RANK on CUDA."""
-    from gradoctor.train.environment import pick_device
+    from gradoctor.training.environment import pick_device
 
     device = pick_device(spec)  # raises a RecipeError for cuda without CUDA
     if device.type != "cuda":

@@ -32,7 +32,7 @@ from gradoctor.memory.result import CheckpointPlan, MemoryProfile, SelfCheck, Wh
 from gradoctor.memory.tracking import StepTrace, optimizer_tensors, unique_bytes
 from gradoctor.memory.units import format_bytes, parse_batch_sizes, parse_bytes
 from gradoctor.recipe import Recipe, load_recipe
-from gradoctor.train.activation_checkpointing import checkpoint_targets
+from gradoctor.training.activation_checkpointing import checkpoint_targets
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _HALF = {"bf16": "fp16", "fp16": "bf16"}

@@ -1,7 +1,7 @@
 """Run real training steps of a recipe in chosen configurations and measure their memory.
 
 A configuration is (precision, modules to checkpoint, micro-batch size). The step is the
-loop's step (``gradoctor.train.loop``) without the gradient instruments: ``accum_steps``
+loop's step (``gradoctor.training.loop``) without the gradient instruments: ``accum_steps``
 micro-batches of autocast forward + scaled backward, then unscale / clip / step / update /
 ``zero_grad(set_to_none=True)``. The model and optimizer are shared by every configuration,
 so after the first step the optimizer state exists (steady state), as in a long run.
@@ -30,12 +30,12 @@ from gradoctor.errors import GradoctorError, UserCodeError
 from gradoctor.memory.tracking import StepTrace, StepTracker
 from gradoctor.recipe.components import call_user, resolve_target, user_frames
 from gradoctor.recipe.schema import Recipe
-from gradoctor.train.activation_checkpointing import apply_checkpointing
-from gradoctor.train.batches import batch_size as batch_size_of
-from gradoctor.train.batches import compute_loss, to_device
-from gradoctor.train.build import build_components
-from gradoctor.train.environment import pick_device, seed_everything
-from gradoctor.train.precision import autocast, make_scaler
+from gradoctor.training.activation_checkpointing import apply_checkpointing
+from gradoctor.training.batches import batch_size as batch_size_of
+from gradoctor.training.batches import compute_loss, to_device
+from gradoctor.training.build import build_components
+from gradoctor.training.environment import pick_device, seed_everything
+from gradoctor.training.precision import autocast, make_scaler
 
 
 @dataclass(frozen=True)

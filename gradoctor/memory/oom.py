@@ -27,8 +27,8 @@ from gradoctor.memory.model import module_stats
 from gradoctor.memory.tracking import StepTracker, unique_bytes
 from gradoctor.memory.units import format_bytes
 from gradoctor.recipe.schema import Recipe
-from gradoctor.train.batches import batch_size as batch_size_of
-from gradoctor.train.batches import compute_loss
+from gradoctor.training.batches import batch_size as batch_size_of
+from gradoctor.training.batches import compute_loss
 
 _UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 _HEADROOM = 0.95  # plan for 95% of the device: the allocator fragments

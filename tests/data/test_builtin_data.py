@@ -141,7 +141,7 @@ def test_digits_shapes(flatten, shape):
 def test_digits_split_sizes(test_fraction):
     n_train = len(digits(split="train", test_fraction=test_fraction).dataset)
     n_test = len(digits(split="test", test_fraction=test_fraction).dataset)
-    assert n_train + n_test == 1797 == sys.modules["gradoctor.data.digits"].N_DIGITS
+    assert n_train + n_test == 1797 == sys.modules["gradoctor.data.digits_data"].N_DIGITS
     assert n_test == round(1797 * test_fraction)
 
 

@@ -67,7 +67,7 @@ def test_forward_origin_with_inplace_relu_and_checkpointing(checkpointed):
     torch.manual_seed(0)
     model = Net(bad_block=2)
     if checkpointed:
-        from gradoctor.train.activation_checkpointing import apply_checkpointing
+        from gradoctor.training.activation_checkpointing import apply_checkpointing
 
         undo = apply_checkpointing(model, ["Block"])
     x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))

@@ -7,7 +7,7 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 from gradoctor.recipe import load_recipe
-from gradoctor.train.loop import Trainer
+from gradoctor.training.loop import Trainer
 from tests.conftest import base_recipe
 from tests.distributed.cases import CASES
 

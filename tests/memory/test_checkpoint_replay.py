@@ -25,7 +25,7 @@ import gradoctor
 from gradoctor.memory.measure import Config, ProfileSession
 from gradoctor.memory.model import _recompute_peak, natural_frees, replay
 from gradoctor.recipe import load_recipe
-from gradoctor.train.activation_checkpointing import checkpoint_targets
+from gradoctor.training.activation_checkpointing import checkpoint_targets
 from tests.memory.conftest import MODELS, memory_recipe
 
 BUDGET = 1 << 30

@@ -5,7 +5,7 @@ import pytest
 from gradoctor.memory.measure import Config, ProfileSession
 from gradoctor.memory.model import Line, fit_peak_model, replay
 from gradoctor.recipe import load_recipe
-from gradoctor.train.activation_checkpointing import checkpoint_targets
+from gradoctor.training.activation_checkpointing import checkpoint_targets
 from tests.memory.conftest import memory_recipe
 
 

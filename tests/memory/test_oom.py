@@ -7,8 +7,8 @@ import yaml
 
 from gradoctor.memory.oom import oom_diagnosis
 from gradoctor.recipe import load_recipe
-from gradoctor.train.batches import compute_loss
-from gradoctor.train.build import build_components
+from gradoctor.training.batches import compute_loss
+from gradoctor.training.build import build_components
 from tests.memory.conftest import memory_recipe
 
 KEYS = {"code", "severity", "modules", "steps", "message", "evidence", "fix"}

@@ -6,7 +6,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from gradoctor.memory.model import module_stats
 from gradoctor.memory.tracking import StepTracker, storage_key
-from gradoctor.train.activation_checkpointing import apply_checkpointing
+from gradoctor.training.activation_checkpointing import apply_checkpointing
 from tests.assets.memory.models import C, D, H, Stack, TwoLayer, W
 
 B = 16

@@ -49,21 +49,21 @@ from gradoctor.report.base import Reporter
 from gradoctor.result import TrainResult
 from gradoctor.sinks.report_json import write_json_atomic
 from gradoctor.sinks.tensorboard import TensorBoardSink
-from gradoctor.train.activation_checkpointing import apply_checkpointing
-from gradoctor.train.batches import batch_size, compute_loss, to_device
-from gradoctor.train.build import build_components
-from gradoctor.train.checkpoint_io import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from gradoctor.train.data_stream import DataStream
-from gradoctor.train.environment import (
+from gradoctor.training.activation_checkpointing import apply_checkpointing
+from gradoctor.training.batches import batch_size, compute_loss, to_device
+from gradoctor.training.build import build_components
+from gradoctor.training.checkpoint_io import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from gradoctor.training.data_stream import DataStream
+from gradoctor.training.environment import (
     capture_rng,
     deterministic_mode,
     pick_device,
     restore_rng,
     seed_everything,
 )
-from gradoctor.train.history import History
-from gradoctor.train.nonfinite import NonFiniteGuard, StopRun
-from gradoctor.train.precision import autocast, make_scaler, scale_tensor
+from gradoctor.training.history import History
+from gradoctor.training.nonfinite import NonFiniteGuard, StopRun
+from gradoctor.training.precision import autocast, make_scaler, scale_tensor
 
 _NULL = contextlib.nullcontext()
 

@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gradoctor.diagnose.replay import replay_step
-from gradoctor.train.batches import compute_loss, to_device
-from gradoctor.train.environment import capture_rng, restore_rng
-from gradoctor.train.precision import autocast
-from gradoctor.train.snapshot import Snapshot
+from gradoctor.training.batches import compute_loss, to_device
+from gradoctor.training.environment import capture_rng, restore_rng
+from gradoctor.training.precision import autocast
+from gradoctor.training.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from gradoctor.monitors.interval import IntervalData
-    from gradoctor.train.loop import Trainer
+    from gradoctor.training.loop import Trainer
 
 
 class StopRun(Exception):

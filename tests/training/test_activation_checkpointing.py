@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gradoctor.errors import RecipeError
-from gradoctor.train.activation_checkpointing import apply_checkpointing
+from gradoctor.training.activation_checkpointing import apply_checkpointing
 from tests.conftest import MODELS
 
 spec = importlib.util.spec_from_file_location("train_models_ckpt", MODELS)

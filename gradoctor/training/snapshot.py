@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from gradoctor.train.environment import capture_rng
+from gradoctor.training.environment import capture_rng
 
 
 class Snapshot:
@@ -82,7 +82,7 @@ class Snapshot:
 
     def restore(self, trainer: Any) -> None:
         """Put the trainer back at the snapshot's step (syncs; replay only)."""
-        from gradoctor.train.environment import restore_rng
+        from gradoctor.training.environment import restore_rng
 
         assert self.state is not None
         if trainer.device.type == "cuda":

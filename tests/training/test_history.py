@@ -5,8 +5,8 @@ import math
 
 import numpy as np
 
-from gradoctor.train import history as history_module
-from gradoctor.train.history import History
+from gradoctor.training import history as history_module
+from gradoctor.training.history import History
 
 
 def test_rows_per_interval_and_exact_max_over_every_step():

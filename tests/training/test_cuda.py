@@ -9,7 +9,7 @@ import torch
 
 import gradoctor
 from gradoctor.recipe import load_recipe
-from gradoctor.train.loop import Trainer
+from gradoctor.training.loop import Trainer
 from tests.conftest import MODELS
 
 pytestmark = [

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from gradoctor.errors import UserCodeError
-from gradoctor.train.environment import capture_rng, restore_rng
+from gradoctor.training.environment import capture_rng, restore_rng
 
 
 class DataStream:
