@@ -25,7 +25,7 @@ from gradoctor.errors import (  # noqa: E402
 from gradoctor.gradcheck import Case, assert_grads_correct, check_grads  # noqa: E402
 from gradoctor.memory import memory_profile  # noqa: E402
 from gradoctor.recipe import Recipe, load_recipe  # noqa: E402
-from gradoctor.result import TrainResult  # noqa: E402
+from gradoctor.training.result import TrainResult  # noqa: E402
 
 __all__ = [
     "Case",

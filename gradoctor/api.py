@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from gradoctor.recipe import Recipe, load_recipe
-from gradoctor.report.base import Reporter
-from gradoctor.result import TrainResult
+from gradoctor.training.progress import Reporter
+from gradoctor.training.result import TrainResult
 from gradoctor.sinks.report_json import read_json
 from gradoctor.training.loop import Trainer
 

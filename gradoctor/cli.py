@@ -87,7 +87,7 @@ def train(
         return
     from gradoctor.api import train as train_api
     from gradoctor.diagnose.types import at_or_above
-    from gradoctor.report.base import Reporter
+    from gradoctor.training.progress import Reporter
     from gradoctor.report.console import ConsoleReporter
 
     reporter = Reporter() if quiet else ConsoleReporter()

@@ -21,9 +21,9 @@ from rich.table import Table
 from rich.text import Text
 
 from gradoctor.memory.units import format_bytes
-from gradoctor.report.base import Reporter
+from gradoctor.training.progress import Reporter
 from gradoctor.report.triage import triage_parts
-from gradoctor.result import TrainResult
+from gradoctor.training.result import TrainResult
 
 
 def _num(value: Any, fmt: str = ".4g") -> str:

@@ -45,8 +45,8 @@ from gradoctor.monitors.interval import IntervalCollector, IntervalData
 from gradoctor.monitors.memory import MemoryMonitor, _rss_peak
 from gradoctor.recipe.components import user_frames
 from gradoctor.recipe.schema import Recipe
-from gradoctor.report.base import Reporter
-from gradoctor.result import TrainResult
+from gradoctor.training.progress import Reporter
+from gradoctor.training.result import TrainResult
 from gradoctor.sinks.report_json import write_json_atomic
 from gradoctor.sinks.tensorboard import TensorBoardSink
 from gradoctor.training.activation_checkpointing import apply_checkpointing

@@ -1,4 +1,5 @@
-"""The reporter interface the training loop talks to. The base class is silent."""
+"""The progress interface the training loop talks to (its reporter). The base class is silent;
+the rich console reporter lives in the reporting layer (``gradoctor.report.console``)."""
 
 from __future__ import annotations
 
