@@ -34,7 +34,7 @@ from bench.overhead import PlainLoop  # noqa: E402
 from gradoctor.distributed.sampler import distribute_data  # noqa: E402
 from gradoctor.distributed.wrap import no_sync  # noqa: E402
 from gradoctor.recipe import load_recipe  # noqa: E402
-from gradoctor.training.loop import Trainer  # noqa: E402
+from gradoctor.api import make_trainer  # noqa: E402
 
 
 class PlainDDP(PlainLoop):
@@ -58,7 +58,7 @@ class DoctorDDP:
     def step(self):
         t = self.trainer
         t.step()
-        if t.buffer.used == t.every:
+        if t.record.used == t.every:
             t.flush()  # host sync + the interval's all_reduce
 
 
@@ -84,7 +84,7 @@ def worker(rank, port, args):
                 "distributed": {"strategy": "ddp"},
             },
         )
-        trainer = Trainer(recipe)
+        trainer = make_trainer(recipe)
         plain, doctor = PlainDDP(recipe, trainer.device, trainer), DoctorDDP(trainer)
         for loop in (plain, doctor):
             _time_block(loop, args.warmup)
@@ -95,7 +95,7 @@ def worker(rank, port, args):
             t_plain.append(times[id(plain)])
             t_doc.append(times[id(doctor)])
             ratios.append(times[id(doctor)] / times[id(plain)])
-        trainer.tb.close()
+        trainer.record.tb.close()
     if rank == 0:
         print(
             f"{Path(args.recipe).stem} ddp x2 cpu/gloo: plain {1000 * statistics.median(t_plain):.2f} ms/step, "

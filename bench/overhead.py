@@ -27,12 +27,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gradoctor.devices import pick_device  # noqa: E402
 from gradoctor.recipe import load_recipe  # noqa: E402
 from gradoctor.training.activation_checkpointing import apply_checkpointing  # noqa: E402
 from gradoctor.training.batches import compute_loss, to_device  # noqa: E402
 from gradoctor.training.build import build_components  # noqa: E402
-from gradoctor.training.environment import pick_device, seed_everything  # noqa: E402
-from gradoctor.training.loop import Trainer  # noqa: E402
+from gradoctor.training.environment import seed_everything  # noqa: E402
+from gradoctor.api import make_trainer  # noqa: E402
 from gradoctor.training.precision import autocast, make_scaler  # noqa: E402
 
 SM = ROOT / "sample_models"
@@ -113,12 +114,12 @@ class PlainLoop:
 
 class GradoctorLoop:
     def __init__(self, recipe):
-        self.trainer = Trainer(recipe)
+        self.trainer = make_trainer(recipe)
 
     def step(self):
         t = self.trainer
         t.step()
-        if t.buffer.used == t.every:
+        if t.record.used == t.every:
             t.flush()
 
 
@@ -165,7 +166,7 @@ def bench_config(name, recipe_src, rounds, block, warmup, device_name, out_dir, 
         t_plain.append(times[id(plain)])
         t_doc.append(times[id(doctor)])
         ratios.append(times[id(doctor)] / times[id(plain)])
-    doctor.trainer.tb.close()
+    doctor.trainer.record.tb.close()
     return {
         "config": name,
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),

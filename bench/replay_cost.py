@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from overhead import CPU_CONFIGS, GPU_CONFIGS  # noqa: E402
 
 from gradoctor.recipe import load_recipe  # noqa: E402
-from gradoctor.training.loop import Trainer  # noqa: E402
+from gradoctor.api import make_trainer  # noqa: E402
 
 
 def _sync(device):
@@ -47,26 +47,26 @@ def measure(name, src, device_name, out_dir):
     )
     if isinstance(src, dict) and recipe.data.target.endswith((":tokens", ":images")):
         recipe.data.kwargs["device"] = device_name
-    t = Trainer(recipe)
-    t.guard.maybe_snapshot()
+    t = make_trainer(recipe)
+    t.guard.maybe_snapshot(t.state)
     times = []
     for _ in range(20):
         _sync(t.device)
         start = time.perf_counter()
         t.step()
-        if t.buffer.used == t.every:
+        if t.record.used == t.every:
             t.flush()
             if t.step_count == 10:
-                t.guard.maybe_snapshot()
+                t.guard.maybe_snapshot(t.state)
         _sync(t.device)
         times.append(time.perf_counter() - start)
     step_s = statistics.median(times[5:])
     bad = t.step_count  # replay the last step: snapshot at step 10, re-run 11..19, watch 20
     start = time.perf_counter()
-    finding, _, _ = t.guard._replay(bad)
+    finding, _, _ = t.guard._replay(bad, t.state, t.stepper.config, t._rerun)
     _sync(t.device)
     total = time.perf_counter() - start
-    t.tb.close()
+    t.record.tb.close()
     return {
         "config": name,
         "step_ms": 1000 * step_s,

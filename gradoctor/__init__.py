@@ -8,12 +8,18 @@ Python API (the CLI calls these):
 - ``gradoctor.load_report(run_dir) -> TrainResult``
 - ``gradoctor.memory_profile(recipe, ...) -> MemoryProfile``
 - ``gradoctor.check_grads(fn_or_module, inputs) -> CaseResult`` (and ``assert_grads_correct``)
+
+The names that need torch load on first use (PEP 562), so ``import gradoctor.cli`` and
+``gradoctor --help`` stay free of torch. Modules inside the package never import this root
+module: they import what they use by its dotted name (``gradoctor.version`` for the version).
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from gradoctor.api import load_report, train, validate  # noqa: E402
-from gradoctor.errors import (  # noqa: E402
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from gradoctor.errors import (
     GradoctorError,
     OutOfMemory,
     RecipeError,
@@ -22,10 +28,43 @@ from gradoctor.errors import (  # noqa: E402
     UsageError,
     UserCodeError,
 )
-from gradoctor.gradcheck import Case, assert_grads_correct, check_grads  # noqa: E402
-from gradoctor.memory import memory_profile  # noqa: E402
-from gradoctor.recipe import Recipe, load_recipe  # noqa: E402
-from gradoctor.training.result import TrainResult  # noqa: E402
+from gradoctor.version import __version__
+
+if TYPE_CHECKING:  # the same names, for type checkers and the import graph
+    from gradoctor.api import load_report, train, validate
+    from gradoctor.gradcheck import Case, assert_grads_correct, check_grads
+    from gradoctor.memory import memory_profile
+    from gradoctor.recipe import Recipe, load_recipe
+    from gradoctor.training.result import TrainResult
+
+_LAZY = {
+    "load_report": "gradoctor.api",
+    "train": "gradoctor.api",
+    "validate": "gradoctor.api",
+    "Case": "gradoctor.gradcheck",
+    "assert_grads_correct": "gradoctor.gradcheck",
+    "check_grads": "gradoctor.gradcheck",
+    "memory_profile": "gradoctor.memory",
+    "Recipe": "gradoctor.recipe",
+    "load_recipe": "gradoctor.recipe",
+    "TrainResult": "gradoctor.training.result",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first access and keep the name here."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, with the lazy ones not yet loaded."""
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "Case",

@@ -6,10 +6,27 @@ from pathlib import Path
 from typing import Any
 
 from gradoctor.recipe import Recipe, load_recipe
-from gradoctor.training.progress import Reporter
-from gradoctor.training.result import TrainResult
 from gradoctor.sinks.report_json import read_json
 from gradoctor.training.loop import Trainer
+from gradoctor.training.progress import Reporter
+from gradoctor.training.result import TrainResult
+
+
+def make_trainer(
+    recipe: Recipe, *, reporter: Reporter | None = None, resume: str | Path | None = None
+) -> Trainer:
+    """A ``Trainer`` with the triage rules and the OOM explainer attached (what ``train``
+    runs; the distributed test workers and the benchmarks build theirs here too)."""
+    from gradoctor.diagnose.engine import diagnose_run
+    from gradoctor.memory.oom import oom_diagnosis
+
+    return Trainer(
+        recipe,
+        reporter=reporter,
+        resume=Path(resume) if resume is not None else None,
+        triage=diagnose_run,
+        explain_oom=oom_diagnosis,
+    )
 
 
 def train(
@@ -34,10 +51,7 @@ def train(
     loaded = load_recipe(recipe, cli_overrides or None)
     if merged:
         loaded = load_recipe(loaded, merged)
-    trainer = Trainer(
-        loaded, reporter=reporter, resume=Path(resume) if resume is not None else None
-    )
-    return trainer.run()
+    return make_trainer(loaded, reporter=reporter, resume=resume).run()
 
 
 def validate(

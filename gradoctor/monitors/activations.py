@@ -14,8 +14,12 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from gradoctor.monitors.instrument import Instrument, StepView
+from gradoctor.monitors.interval import Interval
 
 RELU_FAMILY = (nn.ReLU, nn.ReLU6)
 
@@ -107,3 +111,53 @@ class ActivationSampler:
         self.absmax.clear()
         self.alive.clear()
         return out
+
+
+class ActivationInstrument(Instrument):
+    """Dead units and fp16 headroom on the run's first step and every ``activation_every``:
+    the sampler's forward hooks, and each parameter's max |grad| (unscaled, after clipping)
+    with the loss scale in force. At the flush both move to the run's history."""
+
+    name = "activations"
+
+    def __init__(self, model: nn.Module, index: Any, every: int, start_step: int):
+        self.sampler = ActivationSampler(model)
+        self.index, self.every, self.start_step = index, every, start_step
+        self._grad_absmax: list[tuple[int, torch.Tensor, torch.Tensor | None]] = []
+
+    def active(self, step: int) -> bool:
+        return self.every > 0 and (step - self.start_step == 1 or step % self.every == 0)
+
+    def forward(self, view: StepView) -> contextlib.AbstractContextManager[None]:
+        return self.sampler.hooks(True)
+
+    def before_update(self, view: StepView) -> None:
+        scale = view.loss_scale()
+        scale = scale.clone() if scale is not None else torch.ones((), device=view.device)
+        self._grad_absmax.append((view.step, view.norms.record_absmax(), scale))
+
+    def reset(self) -> None:
+        self._grad_absmax.clear()
+
+    def flush(self, interval: Interval) -> None:
+        """Small transfers, only at flushes that follow a sampled step."""
+        h = interval.history
+        sampler = self.sampler
+        if sampler.samples and sampler.absmax:
+            window = sampler.take()
+            h.activation_steps.append(interval.last_step)
+            for name, value in window["absmax"].items():
+                h.act_absmax.setdefault(name, []).append(value)
+            for site, frac in window["dead"].items():
+                h.dead_fraction.setdefault(site, []).append(frac)
+            h.relu_units.update(window["units"])
+            if not h.forward_order:
+                h.forward_order = list(sampler.order)
+        for step, absmax, scale in self._grad_absmax:
+            values = absmax.cpu().numpy()[self.index.unpermute]  # unscaled max |grad|
+            per_module = np.zeros(len(self.index.modules))
+            np.maximum.at(per_module, self.index.owner, values)
+            h.grad_absmax_steps.append(step)
+            h.grad_absmax.append(per_module.tolist())
+            h.grad_absmax_scale.append(float(scale))
+        self._grad_absmax.clear()

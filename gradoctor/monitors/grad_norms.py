@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 import torch
 
+from gradoctor.monitors.instrument import Instrument, StepView
+from gradoctor.torch_private import local_tensor
+
 UPDATE_SAMPLE = 65536  # values kept per parameter for ||dW|| (relative noise ~ 1/sqrt of this)
 
 
-def local_tensor(t: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of an FSDP ``DTensor`` (a view, no communication); else ``t``.
-
-    Under FSDP every norm here is a norm of the local shard; the squares are summed over
-    ranks once per log interval (``gradoctor.distributed.aggregate``)."""
-    return t._local_tensor if hasattr(t, "_local_tensor") else t
+# Under FSDP every norm here is a norm of the local shard (``local_tensor``); the squares are
+# summed over ranks once per log interval (``gradoctor.distributed.aggregate``).
 
 
 class ParamIndex:
@@ -174,3 +174,34 @@ class GradNormRecorder:
             factor = torch.tensor([scale[i] for i in idx], device=upd.device, dtype=upd.dtype)
             rows.append((torch.stack((upd, par)) * factor).to(self.device, torch.float32))
         return torch.cat(rows, dim=1)
+
+
+class GradNormTracker(Instrument):
+    """Per-parameter norms of the unscaled gradients on every step (one ``_foreach_norm`` per
+    dtype group, shared with clipping; kept on the device, copied at the flush)."""
+
+    name = "grad_norms"
+
+    def after_unscale(self, view: StepView) -> None:
+        view.grad_norms()
+
+
+class UpdateRatio(Instrument):
+    """||ΔW|| / ||W|| per parameter on each log step (the interval's last step): the
+    parameters' values before the optimizer step (sampled for large ones) and two more
+    ``_foreach_norm`` after it; the result goes to the interval collector."""
+
+    name = "update_ratio"
+
+    def __init__(self, recorder: GradNormRecorder, collector: Any, every: int, last_step: int):
+        self.recorder, self.collector = recorder, collector
+        self.every, self.last = every, last_step
+
+    def active(self, step: int) -> bool:
+        return step % self.every == 0 or step == self.last
+
+    def before_update(self, view: StepView) -> None:
+        self.recorder.before_update()
+
+    def after_update(self, view: StepView) -> None:
+        self.collector.update = self.recorder.after_update()

@@ -8,10 +8,14 @@ Cost: one host sync and at most ``max_samples`` floats per module, every ``histo
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
-from gradoctor.monitors.grad_norms import ParamIndex, local_tensor
+from gradoctor.monitors.grad_norms import ParamIndex
+from gradoctor.monitors.instrument import Instrument, StepView
+from gradoctor.torch_private import local_tensor
 
 
 class GradHistograms:
@@ -62,3 +66,23 @@ class GradHistograms:
             finite = np.isfinite(values)
             out[name] = (values[finite], int((~finite).sum()))
         return out
+
+
+class HistogramInstrument(Instrument):
+    """Gradient histograms every ``histogram_every`` steps, written straight to the
+    TensorBoard sink (``grad_hist/<module>``, ``grad_hist_nonfinite/<module>``); one sync."""
+
+    name = "histograms"
+
+    def __init__(self, index: ParamIndex, max_samples: int, every: int, tb: Any):
+        self.histograms = GradHistograms(index, max_samples)
+        self.every, self.tb = every, tb
+
+    def active(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def before_update(self, view: StepView) -> None:
+        for module, (values, nonfinite) in self.histograms.sample().items():
+            self.tb.histogram(f"grad_hist/{module}", values, view.step)
+            if nonfinite:
+                self.tb.scalar(f"grad_hist_nonfinite/{module}", nonfinite, view.step)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,3 +88,20 @@ class IntervalCollector:
             upd = np.zeros((2, p))
         self.loss, self.scale, self.norms, self.update = [], [], [], None
         return IntervalData(loss, scale, norms, upd[0], upd[1], rest if extra is not None else None)
+
+
+@dataclass
+class Interval:
+    """What instruments receive at a flush (host side): the interval's ``steps``, its host
+    ``data``, the run's ``history`` (``gradoctor.training.history.History``; instruments
+    append their series to it) and ``last_scalars``, TensorBoard scalars an instrument adds
+    to the interval's last step event (``{tag: value}``)."""
+
+    steps: list[int]
+    data: IntervalData
+    history: Any
+    last_scalars: dict[str, float]
+
+    @property
+    def last_step(self) -> int:
+        return self.steps[-1]

@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
-from gradoctor.monitors.grad_norms import local_tensor
+from gradoctor.monitors.instrument import Instrument, StepView
+from gradoctor.monitors.interval import Interval
+from gradoctor.torch_private import local_tensor
 
 PHASES = ("forward", "backward", "optimizer")
 _NULL = contextlib.nullcontext()
@@ -115,11 +117,56 @@ class MemoryMonitor:
             "grads": self.grads,
             "optimizer_state": self.optimizer_state,
             "saved_for_backward": self.saved_for_backward,
-            "rss_peak": _rss_peak(),
+            "rss_peak": rss_peak(),
         }
         return out
 
 
-def _rss_peak() -> int:
+def rss_peak() -> int:
+    """The process's peak resident set size (bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+class MemoryInstrument(Instrument):
+    """The memory monitor as an instrument: phase peaks (CUDA), saved-for-backward bytes and
+    static sizes on the run's first two steps and every ``memory_every`` steps; its values
+    join the interval's last TensorBoard event after a measured step."""
+
+    name = "memory"
+
+    def __init__(self, monitor: MemoryMonitor, every: int, start_step: int):
+        self.monitor, self.every, self.start_step = monitor, every, start_step
+
+    def active(self, step: int) -> bool:
+        """Steps 1 and 2 of the run (optimizer state appears at the first) and every
+        ``memory_every``: peaks are steady after that."""
+        return step - self.start_step <= 2 or (self.every > 0 and step % self.every == 0)
+
+    @contextlib.contextmanager
+    def _forward(self) -> Iterator[None]:
+        with self.monitor.phase("forward", True), self.monitor.saved_tensors(True):
+            yield
+
+    def forward(self, view: StepView) -> contextlib.AbstractContextManager[None]:
+        return self._forward()
+
+    def backward(self, view: StepView) -> contextlib.AbstractContextManager[None]:
+        return self.monitor.phase("backward", True)
+
+    def optimizer(self, view: StepView) -> contextlib.AbstractContextManager[None]:
+        return self.monitor.phase("optimizer", True)
+
+    def after_update(self, view: StepView) -> None:
+        self.monitor.end_sampled_step(view.optimizer)
+
+    def flush(self, interval: Interval) -> None:
+        if self.monitor.updated:
+            self.monitor.updated = False
+            interval.last_scalars.update(
+                {
+                    f"memory/{k}": v
+                    for k, v in self.monitor.summary().items()
+                    if isinstance(v, int) and k != "device_total"
+                }
+            )

@@ -11,36 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradoctor.errors import RecipeError, RecipeProblem
-
-
-def pick_device(spec: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; ``cuda`` without CUDA is a recipe error."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RecipeError(
-                [
-                    RecipeProblem(
-                        "train.device",
-                        f"'{spec}' requested but CUDA is not available",
-                        hint="use device: auto or cpu",
-                    )
-                ]
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RecipeError(
-                [
-                    RecipeProblem(
-                        "train.device",
-                        f"'{spec}' but only {torch.cuda.device_count()} CUDA device(s)",
-                        hint="use cuda:0",
-                    )
-                ]
-            )
-    return device
+from gradoctor.devices import pick_device as pick_device  # re-exported (lives in the base layer)
 
 
 def seed_everything(seed: int) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,26 @@ def clean(value: Any) -> Any:
     if isinstance(value, np.integer):
         return int(value)
     return value
+
+
+_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+
+def decode_float(value: Any) -> float:
+    """A number as ``clean`` wrote it (a JSON report), back to a float: ``"nan"``, ``"inf"``
+    and ``"-inf"`` are those floats again; ``None`` (never measured) and any other string are
+    NaN. The one place that reads the strings ``clean`` writes; a live ``History`` holds real
+    floats and needs no decoding.
+
+    Args:
+        value (Any): a float, int, one of those strings, or ``None``.
+
+    Returns:
+        float: the value (NaN when it has none).
+    """
+    if isinstance(value, str):
+        return _NONFINITE.get(value, math.nan)
+    return math.nan if value is None else float(value)
 
 
 MAX_STEP_POINTS = 50_000
@@ -136,20 +156,42 @@ class History:
             }
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready. Long runs are thinned evenly (the last point kept): at most
-        ``MAX_STEP_POINTS`` per-step values and ``MAX_MODULE_ROWS`` per-module rows."""
+    def thinned(self) -> History:
+        """A copy holding what ``to_dict()`` holds: long runs thinned evenly (the last point
+        kept) to at most ``MAX_STEP_POINTS`` per-step values (``steps``, ``loss``, ``lr``,
+        ``loss_scale``, ``grad_norm_total``) and ``MAX_MODULE_ROWS`` per-module rows
+        (``module_norms``, ``module_norm_steps``). Values keep their types (non-finite floats
+        stay floats); the other fields are shared with this history, not copied.
+
+        Returns:
+            History: the thinned view (a new object; this history is unchanged).
+        """
         at = _thin(len(self.steps), MAX_STEP_POINTS)
         rows = _thin(len(self.module_norm_steps), MAX_MODULE_ROWS)
+        return replace(
+            self,
+            steps=[self.steps[i] for i in at],
+            loss=[self.loss[i] for i in at],
+            lr=[self.lr[i] for i in at],
+            loss_scale=[self.loss_scale[i] for i in at],
+            grad_norm_total=[self.grad_norm_total[i] for i in at],
+            module_norms=[self.module_norms[i] for i in rows],
+            module_norm_steps=[self.module_norm_steps[i] for i in rows],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, and thinned as ``thinned()`` describes (at most ``MAX_STEP_POINTS``
+        per-step values and ``MAX_MODULE_ROWS`` per-module rows)."""
+        thin = self.thinned()
         return {
-            "step": [self.steps[i] for i in at],
-            "loss": [self.loss[i] for i in at],
-            "lr": [self.lr[i] for i in at],
-            "loss_scale": [self.loss_scale[i] for i in at],
-            "grad_norm_total": [self.grad_norm_total[i] for i in at],
+            "step": thin.steps,
+            "loss": thin.loss,
+            "lr": thin.lr,
+            "loss_scale": thin.loss_scale,
+            "grad_norm_total": thin.grad_norm_total,
             "module_names": self.modules,
-            "module_grad_norms": [self.module_norms[i] for i in rows],
-            "module_norm_steps": [self.module_norm_steps[i] for i in rows],
+            "module_grad_norms": thin.module_norms,
+            "module_norm_steps": thin.module_norm_steps,
             "module_max": self.module_max,
             "module_nonfinite": self.module_nonfinite,
             "update_ratio_steps": self.update_ratio_steps,

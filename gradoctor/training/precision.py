@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from gradoctor.recipe.schema import GradScalerConfig
+from gradoctor.torch_private import scaler_scale
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -35,6 +36,7 @@ def make_scaler(
 
 def scale_tensor(scaler: torch.amp.GradScaler, device: torch.device) -> torch.Tensor:
     """The scaler's current scale as a device tensor (no host sync); 1.0 when disabled."""
-    if scaler.is_enabled() and getattr(scaler, "_scale", None) is not None:
-        return scaler._scale.reshape(())  # private, but the only sync-free read of the scale
+    live = scaler_scale(scaler)
+    if live is not None:
+        return live.reshape(())
     return torch.ones((), device=device)

@@ -1,11 +1,13 @@
-"""A one-step snapshot for replaying a bad step: weights, optimizer, scaler, scheduler, RNG, data.
+"""A one-step snapshot of the run state, for replaying a bad step.
 
-On CUDA the copies are queued on the current stream (no host sync; stream order guarantees
-the pre-step values are read) into buffers allocated once and reused: on the device when it
-has more than 4x their size free (a device-to-device copy costs ~1 ms per GB on an H200),
-else in pinned host memory (a PCIe copy, which stalls the stream for ~40 ms per GB). Cost:
-one copy of parameters + optimizer state every ``snapshot_every`` steps; memory: that much
-device (or pinned host) memory.
+What it holds is ``TrainState.state_dict()`` (the same list as a checkpoint) plus the loss
+scaler's live device tensors. On CUDA the model and optimizer tensors are queued on the
+current stream (no host sync; stream order guarantees the pre-step values are read) into
+buffers allocated once and reused: on the device when it has more than 4x their size free (a
+device-to-device copy costs ~1 ms per GB on an H200), else in pinned host memory (a PCIe
+copy, which stalls the stream for ~40 ms per GB). Cost: one copy of parameters + optimizer
+state every ``snapshot_every`` steps (plus ``GradScaler.state_dict``'s one sync under fp16);
+memory: that much device (or pinned host) memory.
 """
 
 from __future__ import annotations
@@ -15,10 +17,17 @@ from typing import Any
 
 import torch
 
-from gradoctor.training.environment import capture_rng
+from gradoctor.monitors.memory import optimizer_state_tensors, tensor_bytes
+from gradoctor.torch_private import load_scaler_live_state, scaler_live_state
+from gradoctor.training.state import TrainState
+
+_BUFFERED = ("model", "optimizer")  # tensors copied into reused buffers
+_COPIED = ("scaler", "scheduler")  # live objects deep-copied; the rest are fresh objects
 
 
 class Snapshot:
+    """The latest snapshot: ``step`` (-1 before the first) and ``state``."""
+
     def __init__(self, device: torch.device):
         self.device = device
         self.cuda = device.type == "cuda"
@@ -47,59 +56,35 @@ class Snapshot:
             return type(obj)(self._copy(v, f"{key}/{i}") for i, v in enumerate(obj))
         return copy.deepcopy(obj)
 
-    def _choose_target(self, trainer: Any) -> torch.device:
+    def _choose_target(self, state: TrainState) -> torch.device:
         if not self.cuda:
             return torch.device("cpu")
-        from gradoctor.monitors.memory import optimizer_state_tensors, tensor_bytes
-
-        need = tensor_bytes(trainer.model.state_dict().values()) + tensor_bytes(
-            optimizer_state_tensors(trainer.optimizer)
+        need = tensor_bytes(state.model.state_dict().values()) + tensor_bytes(
+            optimizer_state_tensors(state.optimizer)
         )
         free, _ = torch.cuda.mem_get_info(self.device)
         return self.device if free > 4 * need else torch.device("cpu")
 
-    def take(self, trainer: Any) -> None:
-        """Record the trainer's state at the current step boundary."""
+    def take(self, state: TrainState) -> None:
+        """Record ``state`` at the current step boundary."""
         if self.target is None or (self.step == 0 and self.target.type == "cuda"):
-            self.target = self._choose_target(trainer)  # again after step 1: optimizer state exists
-        self.step = trainer.step_count
+            self.target = self._choose_target(state)  # again after step 1: optimizer state exists
+        self.step = state.step
+        live = state.state_dict()
         self.state = {
-            "model": self._copy(trainer.model.state_dict(), "model"),
-            "optimizer": self._copy(trainer.optimizer.state_dict(), "optimizer"),
-            "scaler": copy.deepcopy(trainer.scaler.state_dict()),
-            "scheduler": copy.deepcopy(trainer.scheduler.state_dict())
-            if trainer.scheduler is not None
-            else None,
-            "rng": capture_rng(),
-            "data": trainer.data.state(),
+            k: self._copy(v, k) if k in _BUFFERED else copy.deepcopy(v) if k in _COPIED else v
+            for k, v in live.items()
         }
-        scaler = trainer.scaler
-        if (
-            scaler.is_enabled() and scaler._scale is not None
-        ):  # live device values (lazy before step 1)
-            self.state["scaler_scale"] = self._copy(scaler._scale, "scale")
-            self.state["scaler_growth"] = self._copy(scaler._growth_tracker, "growth")
+        scaler = scaler_live_state(state.scaler)  # lazy (None) before the first step
+        self.state["scaler_live"] = (
+            {k: self._copy(v, f"scaler/{k}") for k, v in scaler.items()} if scaler else None
+        )
 
-    def restore(self, trainer: Any) -> None:
-        """Put the trainer back at the snapshot's step (syncs; replay only)."""
-        from gradoctor.training.environment import restore_rng
-
-        assert self.state is not None
-        if trainer.device.type == "cuda":
-            torch.cuda.synchronize(trainer.device)
-        s = self.state
-        trainer.model.load_state_dict(s["model"])
-        trainer.optimizer.load_state_dict(s["optimizer"])
-        scaler = trainer.scaler
-        if scaler.is_enabled():
-            scaler.load_state_dict(s["scaler"])
-            if "scaler_scale" in s and scaler._scale is not None:
-                scaler._scale.copy_(s["scaler_scale"])
-                scaler._growth_tracker.copy_(s["scaler_growth"])
-            elif "scaler_scale" not in s:  # snapshot from before the first step: re-init lazily
-                scaler._scale, scaler._growth_tracker = None, None
-        if trainer.scheduler is not None:
-            trainer.scheduler.load_state_dict(s["scheduler"])
-        trainer.data.restore(s["data"])
-        restore_rng(s["rng"])
-        trainer.step_count = self.step
+    def restore(self, state: TrainState) -> None:
+        """Put ``state`` back at the snapshot's step (syncs; replay only)."""
+        if self.state is None:
+            raise RuntimeError("no snapshot taken")
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+        state.load_state_dict(self.state)
+        load_scaler_live_state(state.scaler, self.state["scaler_live"])

@@ -7,7 +7,7 @@ import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 from gradoctor.recipe import load_recipe
-from gradoctor.training.loop import Trainer
+from gradoctor.api import make_trainer
 from tests.conftest import base_recipe
 from tests.distributed.cases import CASES
 
@@ -30,11 +30,11 @@ def run(rank: int, port: int, out_dir: str) -> None:
     results = {}
     for name, case in CASES.items():
         recipe = load_recipe(base_recipe(f"{out_dir}/{name}", **case["distributed"]))
-        trainer = Trainer(recipe)
+        trainer = make_trainer(recipe)
         calls = [0]
         if trainer.dist.strategy == "ddp":
-            trainer.train_model.register_comm_hook(calls, _counting_allreduce)
-        sampler = trainer.data.data.sampler
+            trainer.state.train_model.register_comm_hook(calls, _counting_allreduce)
+        sampler = trainer.state.data.data.sampler
         indices = [list(iter(sampler))] if hasattr(sampler, "set_epoch") else [None]
         seen = [None, None]
         dist.all_gather_object(seen, indices[0])

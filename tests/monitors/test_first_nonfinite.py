@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import gradoctor
-from gradoctor.diagnose.replay import replay_step
+from gradoctor.monitors.first_nonfinite import replay_step
 
 ROOT = Path(__file__).resolve().parents[2]
 ZOO = ROOT / "recipes" / "zoo"

@@ -62,7 +62,7 @@ def test_ordinary_steps_make_no_host_sync(recipe_factory, precision):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     trainer.flush()
-    trainer.tb.close()
+    trainer.record.tb.close()
     assert len(trainer.history.loss) == 8
 
 
