@@ -1,9 +1,9 @@
 """Run real training steps of a recipe in chosen configurations and measure their memory.
 
 A configuration is (precision, modules to checkpoint, micro-batch size). The step is the
-loop's step (``gradoctor.training.loop``) without the gradient instruments: ``accum_steps``
-micro-batches of autocast forward + scaled backward, then unscale / clip / step / update /
-``zero_grad(set_to_none=True)``. The model and optimizer are shared by every configuration,
+training step (``gradoctor.training.step.TrainStep``, the one the loop runs) with the
+profiler's own instrument instead of the loop's: ``accum_steps`` micro-batches of autocast
+forward + scaled backward, then unscale / clip / step / update / ``zero_grad(set_to_none=True)``. The model and optimizer are shared by every configuration,
 so after the first step the optimizer state exists (steady state), as in a long run.
 
 Batch size is changed through the data component's ``batch_size`` keyword: the component is
@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,14 +28,19 @@ import torch
 
 from gradoctor.errors import GradoctorError, UserCodeError
 from gradoctor.memory.tracking import StepTrace, StepTracker
+from gradoctor.monitors.grad_norms import GradNormRecorder, ParamIndex
+from gradoctor.monitors.instrument import Instrument, StepView
 from gradoctor.recipe.components import call_user, resolve_target, user_frames
 from gradoctor.recipe.schema import Recipe
 from gradoctor.training.activation_checkpointing import apply_checkpointing
 from gradoctor.training.batches import batch_size as batch_size_of
 from gradoctor.training.batches import compute_loss, to_device
 from gradoctor.training.build import build_components
+from gradoctor.training.data_stream import DataStream
 from gradoctor.training.environment import pick_device, seed_everything
 from gradoctor.training.precision import autocast, make_scaler
+from gradoctor.training.state import TrainState
+from gradoctor.training.step import StepConfig, TrainStep
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,8 @@ class ProfileSession:
         self._iters[self.recipe_batch_size] = self._iters.pop(None)
         self._resizable: bool | None = None
         self.accum = recipe.train.accum_steps
+        self._stream = DataStream(parts.data)  # the state's stream; batches come from _next
+        self._norms = GradNormRecorder(ParamIndex(self.model), self.device)  # for clipping
 
     # ---- data -----------------------------------------------------------------------------
     def _next(self, size: int | None) -> Any:
@@ -186,48 +193,38 @@ class ProfileSession:
     def _step(
         self, config: Config, track: bool, time_modules: bool, saves: bool = True
     ) -> StepMeasurement:
-        model, opt, device, accum = self.model, self.optimizer, self.device, self.accum
-        scaler = self._scaler(config.precision)
-        tracker = StepTracker(model, opt, device, saves=saves) if track else None
+        """The training step itself (``training.step.TrainStep``), with the profiler's
+        instrument: phase peaks, the tracker's phases and the forward timer."""
+        device = self.device
+        tracker = StepTracker(self.model, self.optimizer, device, saves=saves) if track else None
         out = StepMeasurement(config, 0.0)
-        timer = _ModuleTimer(model, self.cuda) if time_modules else None
+        timer = _ModuleTimer(self.model, self.cuda) if time_modules else None
+        probe = _ProfileInstrument(self, out, tracker, timer)
+        state = TrainState(
+            model=self.model,
+            optimizer=self.optimizer,
+            scaler=self._scaler(config.precision),
+            scheduler=None,
+            loss_fn=self.loss_fn,
+            data=self._stream,
+            device=device,
+        )
+        step_config = StepConfig(config.precision, self.accum, self.recipe.train.clip_grad_norm)
+        stepper = TrainStep(state, step_config, norms=self._norms, fetch=probe.fetcher(config))
         if self.cuda:
             torch.cuda.synchronize(device)
             out.cuda_start = torch.cuda.memory_allocated(device)
-        grads: set[int] = set()
-        state: set[int] = set()
         t0 = time.perf_counter()
-        with tracker.tracking() if tracker else contextlib.nullcontext():
-            for micro in range(accum):
-                with self._phase(out, tracker, "data", micro):
-                    get = functools.partial(self._next, config.batch_size)
-                    host = tracker.fetch(get) if tracker else get()
-                    batch = to_device(host, device)
-                    del host
-                with self._phase(out, tracker, "forward", micro):
-                    with timer.forward() if timer else contextlib.nullcontext():
-                        with autocast(config.precision, device):
-                            loss = compute_loss(model, batch, self.loss_fn)
-                with self._phase(out, tracker, "backward", micro):
-                    scaler.scale(loss / accum if accum > 1 else loss).backward()
-                del loss, batch
-            if tracker:
-                grads = tracker.keys_of(p.grad for p in model.parameters())
-            with self._phase(out, tracker, "optimizer", 0):
-                scaler.unscale_(opt)
-                if self.recipe.train.clip_grad_norm is not None:
-                    params = [p for p in model.parameters() if p.grad is not None]
-                    torch.nn.utils.clip_grad_norm_(params, self.recipe.train.clip_grad_norm)
-                scaler.step(opt)
-                scaler.update()
-                if tracker:
-                    state = tracker.keys_of(v for s in opt.state.values() for v in s.values())
-                opt.zero_grad(set_to_none=True)
+        try:
+            with tracker.tracking() if tracker else contextlib.nullcontext():
+                stepper.run([probe])
+        finally:
+            stepper.close()
         if self.cuda:
             torch.cuda.synchronize(device)  # the step's one sync: its time and the event timers
         out.seconds = time.perf_counter() - t0
         if tracker:
-            out.trace = tracker.finish(grads, state)
+            out.trace = tracker.finish(probe.grads, probe.state)
         if out.cuda_phase_peaks:
             out.cuda_peak = max(out.cuda_phase_peaks.values())
         if timer:
@@ -288,6 +285,70 @@ class ProfileSession:
         finally:
             torch.cuda.memory._dump_snapshot(path)
             torch.cuda.memory._record_memory_history(enabled=None)
+
+
+class _ProfileInstrument(Instrument):
+    """The profiler's instrument: each phase's CUDA peak and the tracker's phase (data,
+    forward, backward per micro-batch; optimizer once), the forward timer, and the keys of
+    the gradients (before the optimizer phase) and of the optimizer state (after its step)."""
+
+    name = "memory_profile"
+
+    def __init__(
+        self,
+        session: ProfileSession,
+        out: StepMeasurement,
+        tracker: StepTracker | None,
+        timer: _ModuleTimer | None,
+    ):
+        self.session, self.out, self.tracker, self.timer = session, out, tracker, timer
+        self.grads: set[int] = set()
+        self.state: set[int] = set()
+
+    def _phase(self, name: str, micro: int) -> contextlib.AbstractContextManager[None]:
+        return self.session._phase(self.out, self.tracker, name, micro)
+
+    def fetcher(self, config: Config) -> Callable[[], Any]:
+        """The step's batch source: the next batch of the configuration's size, fetched and
+        moved to the device inside the ``data`` phase."""
+        calls = iter(range(10**9))
+        get = functools.partial(self.session._next, config.batch_size)
+
+        def fetch() -> Any:
+            with self._phase("data", next(calls) % self.session.accum):
+                host = self.tracker.fetch(get) if self.tracker else get()
+                batch = to_device(host, self.session.device)
+                del host  # before the phase ends, as the device copy's peak is read
+                return batch
+
+        return fetch
+
+    @contextlib.contextmanager
+    def _forward(self, micro: int) -> Iterator[None]:
+        with self._phase("forward", micro):
+            with self.timer.forward() if self.timer else contextlib.nullcontext():
+                yield
+
+    def forward(self, view: StepView) -> contextlib.AbstractContextManager[None]:
+        return self._forward(view.micro)
+
+    def backward(self, view: StepView) -> contextlib.AbstractContextManager[None]:
+        return self._phase("backward", view.micro)
+
+    @contextlib.contextmanager
+    def _optimizer(self, view: StepView) -> Iterator[None]:
+        if self.tracker:
+            self.grads = self.tracker.keys_of(p.grad for p in view.model.parameters())
+        with self._phase("optimizer", 0):
+            yield
+
+    def optimizer(self, view: StepView) -> contextlib.AbstractContextManager[None]:
+        return self._optimizer(view)
+
+    def after_update(self, view: StepView) -> None:
+        if self.tracker:
+            opt = view.optimizer
+            self.state = self.tracker.keys_of(v for s in opt.state.values() for v in s.values())
 
 
 class _ModuleTimer:
