@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.overhead import PlainLoop  # noqa: E402
+from gradoctor.api import make_trainer  # noqa: E402
 from gradoctor.distributed.sampler import distribute_data  # noqa: E402
 from gradoctor.distributed.wrap import no_sync  # noqa: E402
 from gradoctor.recipe import load_recipe  # noqa: E402
-from gradoctor.api import make_trainer  # noqa: E402
 
 
 class PlainDDP(PlainLoop):

@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from overhead import CPU_CONFIGS, GPU_CONFIGS  # noqa: E402
 
-from gradoctor.recipe import load_recipe  # noqa: E402
 from gradoctor.api import make_trainer  # noqa: E402
+from gradoctor.recipe import load_recipe  # noqa: E402
 
 
 def _sync(device):

@@ -70,7 +70,7 @@ def train(
 ) -> None:
     """Train a recipe with instruments; writes report.json, TensorBoard events and a checkpoint."""
     if nproc_per_node is not None:
-        from gradoctor.distributed.launch import launch
+        from gradoctor.launch import launch
 
         code = _run(
             lambda: launch(
@@ -87,8 +87,8 @@ def train(
         return
     from gradoctor.api import train as train_api
     from gradoctor.diagnose.types import at_or_above
-    from gradoctor.training.progress import Reporter
     from gradoctor.report.console import ConsoleReporter
+    from gradoctor.training.progress import Reporter
 
     reporter = Reporter() if quiet else ConsoleReporter()
     result = _run(

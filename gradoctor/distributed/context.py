@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from gradoctor.devices import pick_device
 from gradoctor.errors import RecipeError, RecipeProblem
 from gradoctor.recipe.schema import DistributedConfig
 
@@ -49,8 +50,6 @@ def launched_by_torchrun() -> bool:
 
 def _device(spec: str, local_rank: int) -> torch.device:
     """This rank's device: the recipe's device type, indexed by LOCAL_RANK on CUDA."""
-    from gradoctor.training.environment import pick_device
-
     device = pick_device(spec)  # raises a RecipeError for cuda without CUDA
     if device.type != "cuda":
         return device

@@ -21,8 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from gradoctor.memory.units import format_bytes
-from gradoctor.training.progress import Reporter
 from gradoctor.report.triage import triage_parts
+from gradoctor.training.progress import Reporter
 from gradoctor.training.result import TrainResult
 
 

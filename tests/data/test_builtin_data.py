@@ -161,7 +161,7 @@ def test_digits_split_is_a_partition_and_standardized():
 
 
 def test_digits_missing_sklearn_message(monkeypatch):
-    mod = sys.modules["gradoctor.data.digits"]  # the module (the package attribute is the function)
+    mod = sys.modules["gradoctor.data.digits_data"]
     mod._load_raw.cache_clear()
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     try:

@@ -6,8 +6,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
-from gradoctor.recipe import load_recipe
 from gradoctor.api import make_trainer
+from gradoctor.recipe import load_recipe
 from tests.conftest import base_recipe
 from tests.distributed.cases import CASES
 

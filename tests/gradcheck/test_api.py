@@ -11,8 +11,13 @@ import gradoctor
 from gradoctor.gradcheck import GradCheckFailed
 
 
-def test_exports():
-    assert {"Case", "check_grads", "assert_grads_correct"} <= set(gradoctor.__all__)
+def test_a_case_through_the_top_level_api():
+    """A ``gradoctor.Case`` (what a layer file's ``gradoctor_cases()`` returns) passed to the
+    top-level ``check_grads`` and ``assert_grads_correct``: the case's name labels the result."""
+    case = gradoctor.Case("sine", torch.sin, (torch.randn(3, dtype=torch.float64),), batched=False)
+    result = gradoctor.check_grads(case)
+    assert result.passed and result.name == "sine" and result.check("first order")
+    assert gradoctor.assert_grads_correct(case).name == "sine"
 
 
 def test_check_grads_on_a_module_and_a_function():

@@ -6,50 +6,25 @@ against gradoctor's own output.
 
 from __future__ import annotations
 
+import inspect
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import gradoctor
 from gradoctor import RecipeError, RecipeProblem
 from gradoctor.recipe.validate import build_recipe
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
-CONTRACT = ASSETS / "contract" / "recipe.yaml"
+CONTRACT = ASSETS / "contract" / "recipe.yaml"  # a recipe in the README's shape, kept small
+CONTRACT_TEXT = CONTRACT.read_text()
+README = Path(__file__).resolve().parents[2] / "README.md"
 BROKEN_IMPORT = ASSETS / "broken_import"
 PACKAGE_DIR = Path(gradoctor.__file__).resolve().parent
-
-# The recipe contract from the README, verbatim: it must be accepted exactly as written.
-CONTRACT_TEXT = """\
-model:
-  _component_: models.py:MLP      # "file.py:Symbol" (relative to the recipe's folder) or "dotted.module.Symbol"
-  hidden: 64                      # sibling keys are keyword arguments
-data:
-  _component_: models.py:make_data  # returns an iterable of batches (re-iterated each epoch), e.g. a DataLoader
-  batch_size: 32
-loss:                             # optional
-  _component_: torch.nn.CrossEntropyLoss
-optimizer:
-  _component_: torch.optim.AdamW  # the model's parameters are passed as the first argument
-  lr: 1.0e-3
-scheduler:                        # optional; the optimizer is passed as the first argument; stepped once per optimizer step
-  _component_: torch.optim.lr_scheduler.CosineAnnealingLR
-  T_max: 100
-precision: bf16                   # fp32 | bf16 | fp16 (fp16 uses dynamic loss scaling; a `grad_scaler:` block may override init_scale, growth_factor, backoff_factor, growth_interval)
-train:
-  steps: 200                      # optimizer steps
-  accum_steps: 1                  # micro-batches per optimizer step
-  clip_grad_norm: null            # max total norm, applied to unscaled gradients
-  checkpoint: []                  # activation checkpointing: module class names (e.g. Block) or qualified names (e.g. layers.3)
-  seed: 0
-  device: auto                    # auto | cpu | cuda | cuda:N
-diagnostics:
-  every: 10                       # log interval in optimizer steps
-output:
-  dir: runs/{recipe}              # where report.json, TensorBoard events and checkpoints go
-"""
 
 
 def line_of(text: str, needle: str) -> int:
@@ -72,8 +47,38 @@ def full_text(problem: RecipeProblem) -> str:
 # ----------------------------------------------------------------------------- the contract
 
 
-def test_contract_asset_is_the_documented_recipe_verbatim():
-    assert CONTRACT.read_text() == CONTRACT_TEXT
+def readme_recipe() -> str:
+    """The YAML block of the README's "Recipes" section: the documented recipe, every key."""
+    section = README.read_text().split("\n## Recipes\n", 1)[1]
+    return section.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+def leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    """``{"a.b": value}`` for every non-mapping value (an empty mapping is a leaf too)."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_the_readme_recipe_validates_and_means_what_it_says(tmp_path: Path):
+    text = readme_recipe()
+    assert text.startswith("# gradoctor train recipe.yaml\nmodel:")  # the block, not another
+    (tmp_path / "recipe.yaml").write_text(text)
+    shutil.copy(CONTRACT.parent / "models.py", tmp_path / "models.py")
+    r = gradoctor.validate(tmp_path / "recipe.yaml")
+    # Every value the README writes reaches the recipe as written (grad_scaler is kept for fp16).
+    resolved = leaves({**r.to_dict(), "grad_scaler": asdict(r.grad_scaler)})
+    documented = leaves(yaml.safe_load(text))
+    documented.pop("diagnostics.thresholds")  # {}: the defaults, listed under "Diagnoses"
+    assert {k: resolved.get(k, "missing") for k in documented} == documented
+    # "PyTorch's defaults shown": the grad_scaler block is GradScaler's own signature.
+    scaler = yaml.safe_load(text)["grad_scaler"]
+    defaults = inspect.signature(torch.amp.GradScaler).parameters
+    assert scaler == {key: defaults[key].default for key in scaler}
 
 
 def test_contract_recipe_validates_into_typed_fields():

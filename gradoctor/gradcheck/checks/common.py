@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gradoctor.gradcheck.autograd_graph import graph_classes
 from gradoctor.gradcheck.case import Case
 from gradoctor.gradcheck.jacobian import Comparison, compare
 from gradoctor.gradcheck.patterns import join, off_diagonal_batch, pattern_for
@@ -43,8 +44,6 @@ class CheckContext:
         """Custom autograd.Function classes in the graph of the reference's outputs at the
         example inputs (one forward, found once)."""
         if self._classes is None:
-            from gradoctor.gradcheck.checks.double_backward import graph_classes
-
             self._classes = graph_classes(self.target, self.flat())
         return self._classes
 

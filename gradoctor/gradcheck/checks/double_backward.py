@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from gradoctor.gradcheck.autograd_graph import once_differentiable_classes
 from gradoctor.gradcheck.checks.common import CheckContext, from_comparison, guarded
 from gradoctor.gradcheck.result import NOTE, PASS, CheckResult, Mismatch
 from gradoctor.gradcheck.target import FlatFunction, Slot
@@ -78,41 +79,6 @@ class SecondOrder:
 
 def _split(w: torch.Tensor, first: FlatFunction) -> list[torch.Tensor]:
     return list(torch.split(w, first.sizes))
-
-
-def graph_classes(target, fn: FlatFunction | None = None) -> list[type]:
-    """Custom Function classes in the case's graph at ``fn``'s base point (one forward)."""
-    fn = FlatFunction(target) if fn is None else fn
-    with torch.enable_grad(), target.rng():
-        vals = fn.values_at(fn.x0, requires_grad=True)
-        return function_classes(target.call(vals))
-
-
-def once_differentiable_classes(target, classes: list[type] | None = None) -> list[str]:
-    """Names of custom Functions in the case's graph whose backward is once_differentiable
-    (``classes``: the graph's, when already found)."""
-    found = []
-    for cls in graph_classes(target) if classes is None else classes:
-        code = getattr(cls.backward, "__code__", None)
-        if code is not None and code.co_filename.endswith(("autograd/function.py",)):
-            if getattr(cls.backward, "__wrapped__", None) is not None:
-                found.append(cls.__name__)
-    return found
-
-
-def function_classes(outs) -> list[type]:
-    """Custom autograd.Function classes reachable from ``outs``' autograd graph."""
-    seen, stack, classes = set(), [o.grad_fn for o in outs if o.grad_fn is not None], []
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        cls = getattr(node, "_forward_cls", None)
-        if cls is not None and cls not in classes:
-            classes.append(cls)
-        stack += [nxt for nxt, _ in getattr(node, "next_functions", ())]
-    return classes
 
 
 def run(ctx: CheckContext) -> list[CheckResult]:

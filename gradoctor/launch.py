@@ -8,6 +8,9 @@ into its own exit status 1, so the parent maps the outcome from rank 0's ``repor
 0 trained, 1 failed, 3 ``--fail-on`` matched, 4 out of memory, 130 interrupted.
 
 Multi-node runs use torchrun directly (``torchrun --nnodes ... -m gradoctor train ...``).
+
+It sits in the api layer, beside ``gradoctor.api`` (whose ``validate`` and ``load_report`` it
+calls), not in ``gradoctor.distributed``, which the training loop imports.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import gradoctor
+from gradoctor.api import load_report, validate
 from gradoctor.diagnose.types import at_or_above
 from gradoctor.errors import UsageError
+
+# The folder that holds gradoctor/, put on the workers' PYTHONPATH.
+_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
 
 def torchrun_command(
@@ -61,8 +67,6 @@ def launch(
     fail_on: str = "never",
 ) -> int:
     """Run the recipe on ``nproc_per_node`` local processes; returns the exit code."""
-    from gradoctor.api import load_report, validate
-
     if nproc_per_node < 1:
         raise UsageError("--nproc-per-node must be at least 1")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
@@ -74,8 +78,7 @@ def launch(
     report_path = loaded.output_dir() / "report.json"
     started = report_path.stat().st_mtime_ns if report_path.exists() else None
     env = dict(os.environ)
-    package_root = str(Path(gradoctor.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), env.get("PYTHONPATH")]))
     cmd = torchrun_command(recipe, nproc_per_node, overrides, resume=resume, quiet=quiet)
     process = subprocess.Popen(cmd, env=env)
     while True:

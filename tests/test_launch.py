@@ -1,4 +1,5 @@
-"""`gradoctor train --nproc-per-node 2` through torchrun (2 CPU processes, gloo, loopback)."""
+"""`gradoctor train --nproc-per-node N` (``gradoctor.launch``): the torchrun command line, the
+usage errors, and real runs through torchrun (2 CPU processes, gloo, loopback)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 import torch
 import yaml
 
+from gradoctor.errors import UsageError
+from gradoctor.launch import launch, torchrun_command
 from tests.conftest import ROOT_DIR, base_recipe
 from tests.distributed.cases import DIST_MODELS
 
@@ -19,6 +22,32 @@ pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
     reason="torch.distributed with gloo is not available",
 )
+
+
+def test_torchrun_command_reruns_the_cli_on_each_rank():
+    cmd = torchrun_command(Path("r.yaml"), 3, ["train.steps=5"], resume=Path("runs/r"), quiet=True)
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert "--nproc-per-node=3" in cmd and "--standalone" in cmd
+    at = cmd.index("gradoctor")
+    assert cmd[at - 1 :] == ["-m", "gradoctor", "train", "r.yaml", "train.steps=5"] + [
+        "--fail-on=never",  # the parent applies --fail-on to rank 0's report
+        "--resume=runs/r",
+        "--quiet",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("nproc", "env", "message"),
+    [
+        (0, {}, "at least 1"),
+        (2, {"RANK": "0", "WORLD_SIZE": "2"}, "inside a torchrun worker"),
+    ],
+)
+def test_usage_errors_before_any_process_starts(monkeypatch, nproc, env, message):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(UsageError, match=message):
+        launch(Path("never-read.yaml"), nproc, [])
 
 
 def _launch(tmp_path: Path, name: str, **changes) -> tuple[subprocess.CompletedProcess, Path]:
