@@ -2,6 +2,7 @@
 
 import json
 
+import yaml
 from typer.testing import CliRunner
 
 from gradoctor.cli import app
@@ -9,8 +10,6 @@ from tests.conftest import MODELS, base_recipe
 
 
 def test_oom_exits_4_with_report_and_memory_diagnosis(tmp_path):
-    import yaml
-
     recipe = base_recipe(
         tmp_path / "run", **{"model._component_": f"{MODELS}:OOMAtCall", "model.at": 3}
     )
@@ -23,4 +22,7 @@ def test_oom_exits_4_with_report_and_memory_diagnosis(tmp_path):
     assert report["status"] == "failed" and report["steps_completed"] == 2
     (memory,) = [d for d in report["diagnoses"] if d["code"] == "memory"]
     assert memory["severity"] == "error" and memory["fix"] and memory["steps"] == [3]
-    assert (tmp_path / "run").glob("events.out.tfevents.*")
+    # The TensorBoard events are flushed; no checkpoint of the half-done step is saved.
+    run = tmp_path / "run"
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1
+    assert not (run / "checkpoint.pt").exists()
