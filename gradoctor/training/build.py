@@ -1,4 +1,5 @@
-"""Build the user's model, data, loss, optimizer and scheduler from a recipe's components."""
+"""Build the user's model, data, loss, optimizer and scheduler from a recipe's components,
+and from them the run state (``build_state``)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,17 @@ from typing import Any
 
 import torch
 
+from gradoctor.distributed.context import DistContext
+from gradoctor.distributed.sampler import distribute_data
+from gradoctor.distributed.wrap import shard_fsdp, wrap_ddp
 from gradoctor.errors import RecipeError, RecipeProblem, UserCodeError
 from gradoctor.recipe.components import ResolveError, call_user, resolve_target
 from gradoctor.recipe.schema import ComponentSpec, Recipe
+from gradoctor.training.activation_checkpointing import apply_checkpointing
+from gradoctor.training.data_stream import DataStream
+from gradoctor.training.environment import seed_everything
+from gradoctor.training.precision import make_scaler
+from gradoctor.training.state import TrainState
 
 
 @dataclass
@@ -85,3 +94,34 @@ def build_components(
             **recipe.scheduler.kwargs,
         )
     return Components(model, data, loss_fn, optimizer, scheduler)
+
+
+def build_state(
+    recipe: Recipe, device: torch.device, dist: DistContext | None = None
+) -> tuple[TrainState, Callable[[], None]]:
+    """The recipe's run state, seeded and ready to train, and the function that undoes its
+    activation checkpointing. Distributed: the data is split over ranks; DDP wraps the model
+    for the training forward (``state.train_model``; instruments, state dicts and the replay
+    use the unwrapped ``state.model``); FSDP2 shards the model in place."""
+    seed_everything(recipe.train.seed)
+    fsdp = dist is not None and dist.strategy == "fsdp"
+    shard = (lambda m: shard_fsdp(m, device)) if fsdp else None
+    parts = build_components(recipe, device, shard=shard)
+    data = parts.data
+    if dist is not None:
+        data = distribute_data(data, dist, recipe.train.seed)
+    stream = DataStream(data)
+    undo = apply_checkpointing(parts.model, recipe.train.checkpoint)
+    ddp = dist is not None and dist.strategy == "ddp"
+    state = TrainState(
+        model=parts.model,
+        optimizer=parts.optimizer,
+        scaler=make_scaler(recipe.precision, device, recipe.grad_scaler),
+        scheduler=parts.scheduler,
+        loss_fn=parts.loss_fn,
+        data=stream,
+        device=device,
+        train_model=wrap_ddp(parts.model, device) if ddp else parts.model,
+        fsdp=fsdp,
+    )
+    return state, undo

@@ -12,10 +12,8 @@ and the one ``GradScaler.step`` makes itself under fp16. Nothing per layer.
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,33 +22,25 @@ import yaml
 
 from gradoctor.distributed.aggregate import IntervalReducer, RankLedger, any_rank, global_norms
 from gradoctor.distributed.context import setup_distributed
-from gradoctor.distributed.failure import post_failure, read_failure, sigterm_as_interrupt
-from gradoctor.distributed.sampler import distribute_data
-from gradoctor.distributed.wrap import shard_fsdp, wrap_ddp
 from gradoctor.errors import GradoctorError, OutOfMemory, TrainingInterrupted, UserCodeError
-from gradoctor.monitors.activations import ActivationInstrument
-from gradoctor.monitors.grad_norms import GradNormRecorder, GradNormTracker, ParamIndex, UpdateRatio
-from gradoctor.monitors.histograms import HistogramInstrument
-from gradoctor.monitors.instrument import Instrument, StepView
+from gradoctor.monitors.grad_norms import GradNormRecorder, ParamIndex
+from gradoctor.monitors.instrument import StepView
 from gradoctor.monitors.interval import IntervalCollector
-from gradoctor.monitors.loss_scale import LossScaleLedger
-from gradoctor.monitors.memory import MemoryInstrument, MemoryMonitor, rss_peak
+from gradoctor.monitors.memory import MemoryMonitor, rss_peak
 from gradoctor.recipe.components import user_frames
 from gradoctor.recipe.schema import Recipe
 from gradoctor.sinks.report_json import write_json_atomic
 from gradoctor.sinks.tensorboard import TensorBoardSink
-from gradoctor.training.activation_checkpointing import apply_checkpointing
-from gradoctor.training.build import build_components
+from gradoctor.training.build import build_state
 from gradoctor.training.checkpoint_io import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from gradoctor.training.data_stream import DataStream
-from gradoctor.training.environment import deterministic_mode, pick_device, seed_everything
+from gradoctor.training.environment import deterministic_mode, pick_device
 from gradoctor.training.guard import Decision, NonFiniteGuard, StopRun
 from gradoctor.training.history import History
-from gradoctor.training.precision import make_scaler
+from gradoctor.training.instruments import default_instruments
 from gradoctor.training.progress import Reporter
 from gradoctor.training.recorder import Recorder
 from gradoctor.training.result import TrainResult, build_result
-from gradoctor.training.state import TrainState
+from gradoctor.training.run_control import RunControl
 from gradoctor.training.step import StepConfig, TrainStep
 
 _NULL = contextlib.nullcontext()
@@ -86,7 +76,7 @@ class Trainer:
         self.reporter = (reporter if self.main else None) or Reporter()
         self.device = self.dist.device if self.dist else pick_device(recipe.train.device)
         self.every = recipe.diagnostics.every
-        self.state = self._build_state()
+        self.state, self._undo_checkpointing = build_state(recipe, self.device, self.dist)
         self.index = ParamIndex(self.state.model)
         self.norms = GradNormRecorder(self.index, self.device)
         strategy = self.dist.strategy if self.dist is not None else None
@@ -102,12 +92,9 @@ class Trainer:
         )
         self.ledger = RankLedger(self.dist) if self.dist is not None else None
         self._reduce = IntervalReducer(self.dist, self._rank_stats) if self.dist else None
-        self._stop_requested = False  # first Ctrl-C
+        self.control = RunControl(self.dist, self.ledger)
         self._mid_step = False
         self._guarding = False  # on_nonfinite: skip, after the replay: drop non-finite updates
-        self._dist_broken = False  # a rank failed: no more collectives
-        self._agreed_stop = False
-        self._finishing = False
         self._oom_diagnosis: dict[str, Any] | None = None
         self._launch: list[str] = []  # the command-line options an OOM fix repeats
         history = History(self.index.modules)
@@ -120,50 +107,9 @@ class Trainer:
         tb = TensorBoardSink(self.out_dir, enabled=recipe.output.tensorboard and self.main)
         buffer = IntervalCollector(len(self.index), self.index.unpermute, self.device)
         self.record = Recorder(self.index, buffer, history, tb, self.reporter, self.fp16)
-        self.instruments = self._default_instruments(buffer, tb)
-
-    # ---- construction ---------------------------------------------------------------------
-    def _build_state(self) -> TrainState:
-        recipe, device = self.recipe, self.device
-        seed_everything(recipe.train.seed)
-        shard = (lambda m: shard_fsdp(m, device)) if self.fsdp else None
-        parts = build_components(recipe, device, shard=shard)
-        data = parts.data
-        if self.dist is not None:
-            data = distribute_data(data, self.dist, recipe.train.seed)
-        stream = DataStream(data)
-        self._undo_checkpointing = apply_checkpointing(parts.model, recipe.train.checkpoint)
-        # The training forward goes through DDP; instruments, state dicts and the replay
-        # use the unwrapped module (`state.model`). FSDP2 shards the model in place.
-        ddp = self.dist is not None and self.dist.strategy == "ddp"
-        return TrainState(
-            model=parts.model,
-            optimizer=parts.optimizer,
-            scaler=make_scaler(recipe.precision, device, recipe.grad_scaler),
-            scheduler=parts.scheduler,
-            loss_fn=parts.loss_fn,
-            data=stream,
-            device=device,
-            train_model=wrap_ddp(parts.model, device) if ddp else parts.model,
-            fsdp=self.fsdp,
+        self.instruments = default_instruments(
+            recipe, self.state, self.index, self.norms, self.memory, buffer, tb
         )
-
-    def _default_instruments(self, buffer: IntervalCollector, tb: TensorBoardSink) -> list:
-        """The default instruments, in the order they act at each point of a step."""
-        d, start = self.recipe.diagnostics, self.state.start_step
-        out: list[Instrument] = [
-            GradNormTracker(),
-            MemoryInstrument(self.memory, d.memory_every, start),
-        ]
-        if d.histogram_every:
-            out.append(HistogramInstrument(self.index, d.histogram_samples, d.histogram_every, tb))
-        if d.activation_every:
-            out.append(
-                ActivationInstrument(self.state.model, self.index, d.activation_every, start)
-            )
-        out.append(UpdateRatio(self.norms, buffer, self.every, self.recipe.train.steps))
-        out.append(LossScaleLedger(buffer, self.fp16))
-        return out
 
     @property
     def fp16(self) -> bool:
@@ -199,14 +145,14 @@ class Trainer:
     def _rank_stats(self) -> tuple[int, int, bool, int]:
         """This rank's host values for the interval's collective (see IntervalReducer)."""
         peak = max(self.memory.peaks.values(), default=0)
-        return peak, rss_peak(), self._stop_requested, sum(self.record.skipped)
+        return peak, rss_peak(), self.control.stop_requested, sum(self.record.skipped)
 
     # ---- once per log interval ------------------------------------------------------------
     def flush(self, check: bool = True) -> None:
         """The interval's host copy and records; with ``check``, a non-finite value found
         there starts the replay (which may end the run with StopRun)."""
         absorb = self.ledger.absorb if self.ledger is not None else None
-        reduce = self._reduce if not self._dist_broken else None
+        reduce = self._reduce if not self.control.dist_broken else None
         flushed = self.record.flush(self.state.step, self.instruments, reduce, absorb)
         if flushed is None:
             return
@@ -238,8 +184,8 @@ class Trainer:
         try:
             with (
                 deterministic_mode(self.recipe.train.deterministic),
-                self._sigint_as_stop_request(),
-                self._sigterm_as_interrupt(),
+                self.control.sigint_as_stop_request(),
+                self.control.sigterm_as_interrupt(),
             ):
                 self._train()
         except StopRun:
@@ -255,9 +201,9 @@ class Trainer:
             status, raised = "failed", _user_error(exc, self.state.step + 1)
         finally:
             if self.dist is not None and status != "completed":
-                raised = self._rank_outcome(status, raised)
+                raised = self.control.rank_outcome(status, raised)
             try:
-                with self._sigterm_as_interrupt():
+                with self.control.sigterm_as_interrupt():
                     result = self._finish(status, raised, time.perf_counter() - t0)
             finally:
                 if self.dist is not None:
@@ -273,7 +219,7 @@ class Trainer:
         self.record.interval_start = time.perf_counter()
         self.guard.maybe_snapshot(self.state)
         while self.state.step < steps:
-            if self._should_stop():
+            if self.control.should_stop():
                 raise KeyboardInterrupt
             self.step()
             self.reporter.on_step(self.state.step)
@@ -286,11 +232,13 @@ class Trainer:
 
     def _finish(self, status: str, raised: BaseException | None, duration: float) -> TrainResult:
         """Flush, checkpoint (unless failed mid-step), write the report; leave nothing behind."""
-        self._finishing = True  # distributed: a SIGTERM from torchrun now waits for the report
+        self.control.finishing = (
+            True  # distributed: a SIGTERM from torchrun now waits for the report
+        )
         with contextlib.suppress(Exception):
             self.flush(check=False)
         if status in ("completed", "stopped") or (status == "interrupted" and not self._mid_step):
-            if not (self.fsdp and self._dist_broken):  # FSDP's save gathers from every rank
+            if not (self.fsdp and self.control.dist_broken):  # FSDP's save gathers from every rank
                 self.save()  # never a checkpoint of a half-done step
         self._undo_checkpointing()
         self.stepper.close()
@@ -400,58 +348,6 @@ class Trainer:
             f"interrupted at step {self.state.step}; checkpoint and report saved in {self.out_dir}",
             hint=f"continue with --resume {self.out_dir}",
         )
-
-    # ---- signals and distributed agreement ------------------------------------------------
-    def _should_stop(self) -> bool:
-        """Ctrl-C: alone, at the next step; distributed, at the first step boundary after a
-        flush where any rank had asked (so every rank stops at the same step)."""
-        if self.ledger is None:
-            return self._stop_requested
-        self._agreed_stop = self.ledger.stop_requested
-        return self._agreed_stop
-
-    def _sigterm_as_interrupt(self) -> contextlib.AbstractContextManager[None]:
-        if self.dist is None:
-            return _NULL
-        return sigterm_as_interrupt(lambda: self._finishing)
-
-    def _rank_outcome(self, status: str, raised: BaseException | None) -> Any:
-        """A run that did not complete, distributed: unless every rank stopped at the same
-        step (non-finite stop, agreed Ctrl-C), the ranks are out of step, so no more
-        collectives. A failure is posted for the other ranks; a rank whose failure was
-        caused by another's (its collective lost the peer) reports that rank's message."""
-        assert self.dist is not None
-        if status == "stopped" or (status == "interrupted" and self._agreed_stop):
-            return raised
-        self._dist_broken = True
-        if status != "failed":
-            return raised
-        posted = read_failure()
-        if posted is None or posted["rank"] == self.dist.rank:
-            post_failure(self.dist.rank, str(raised))
-            return raised
-        return UserCodeError(
-            f"rank {posted['rank']} failed: {posted['message']}",
-            hint=f"rank {self.dist.rank} stopped because rank {posted['rank']} raised",
-        )
-
-    @contextlib.contextmanager
-    def _sigint_as_stop_request(self) -> Iterator[None]:
-        """First Ctrl-C: stop at the next step boundary (consistent checkpoint). Second: now."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            if self._stop_requested:
-                raise KeyboardInterrupt
-            self._stop_requested = True
-
-        previous = signal.signal(signal.SIGINT, handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
 
 
 def _out_of_memory(exc: BaseException, step: int) -> OutOfMemory:
