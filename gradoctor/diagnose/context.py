@@ -1,14 +1,21 @@
-"""What the rules read: the run's history, the replay findings, the recipe and the model's shape."""
+"""What the rules read: the run's history, the replay findings, the recipe and the model's shape.
+
+The history is the typed ``History`` of the run (float lists with real ``nan``/``inf``), not
+its JSON form: the rules read attributes, and nothing here parses the strings ``"nan"``.
+"""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gradoctor.recipe.schema import Thresholds
+from gradoctor.training.history import History
+
+if TYPE_CHECKING:
+    import torch
 
 NORM_TYPES = (
     "LayerNorm",
@@ -25,16 +32,39 @@ FP16_MAX = 65504.0
 
 @dataclass
 class ModuleInfo:
+    """The shape of one module, as the depth rules need it.
+
+    Attributes:
+        name (str): qualified name from ``named_modules()`` (``(root)`` for the model).
+        type (str): its class name (``Linear``, ``LayerNorm``).
+        numel (int): elements of the parameters it owns directly (not its children's).
+        weight_ndim (int): ``ndim`` of its ``weight`` parameter (0 if it has none).
+    """
+
     name: str
     type: str
-    numel: int  # parameters it owns directly
-    weight_ndim: int  # ndim of its "weight" parameter (0 if none)
+    numel: int
+    weight_ndim: int
 
 
 @dataclass
 class RunContext:
-    history: dict[str, Any]  # History.to_dict()
-    findings: list[dict[str, Any]]  # NonFiniteGuard.findings
+    """Everything one rule may read about a finished run.
+
+    Attributes:
+        history (History): the run's history, as the report holds it (``History.thinned()``).
+        findings (list[dict[str, Any]]): the non-finite guard's findings (``reason``, ``step``,
+            ``mode``, ``replay``).
+        modules (dict[str, ModuleInfo]): per module name in ``history.modules``.
+        precision (str): ``fp32``, ``bf16`` or ``fp16``.
+        thresholds (Thresholds): ``diagnostics.thresholds`` of the recipe.
+        growth_interval (int): the fp16 scaler's clean steps between growths.
+        backoff_factor (float): the fp16 scaler's factor on overflow.
+        extra (dict[str, Any]): anything else a caller attaches (unused by the rules).
+    """
+
+    history: History
+    findings: list[dict[str, Any]]
     modules: dict[str, ModuleInfo]
     precision: str
     thresholds: Thresholds
@@ -44,58 +74,68 @@ class RunContext:
 
     # ---- views the rules share -----------------------------------------------------------
     def steps(self) -> np.ndarray:
-        return np.asarray(self.history["step"], dtype=np.int64)
+        """``int64 [n_steps]``: the logged steps."""
+        return np.asarray(self.history.steps, dtype=np.int64)
 
     def losses(self) -> np.ndarray:
-        return np.asarray([_f(v) for v in self.history["loss"]], dtype=np.float64)
+        """``float64 [n_steps]``: the loss at each logged step (NaN/inf kept)."""
+        return np.asarray(self.history.loss, dtype=np.float64)
+
+    def grad_norm_totals(self) -> np.ndarray:
+        """``float64 [n_steps]``: the total gradient norm at each logged step (NaN/inf kept)."""
+        return np.asarray(self.history.grad_norm_total, dtype=np.float64)
 
     def skipped_mask(self) -> np.ndarray:
-        skipped = set(self.history["skipped_steps"])
-        return np.asarray([s in skipped for s in self.history["step"]], dtype=bool)
+        """``bool [n_steps]``: whether each logged step's update was skipped."""
+        return _in(self.history.steps, self.history.skipped_steps)
 
     def module_steps(self) -> np.ndarray:
-        """The step of each row of ``module_norms()`` (log steps)."""
-        return np.asarray(
-            self.history.get("module_norm_steps") or self.history["step"], dtype=np.int64
-        )
+        """``int64 [n_rows]``: the step of each row of ``module_norms()`` (the log steps; a
+        history without ``module_norm_steps`` had one row per logged step)."""
+        return np.asarray(self.history.module_norm_steps or self.history.steps, dtype=np.int64)
 
     def module_skipped(self) -> np.ndarray:
-        skipped = set(self.history["skipped_steps"])
-        return np.asarray([s in skipped for s in self.module_steps()], dtype=bool)
+        """``bool [n_rows]``: whether the step of each row of ``module_norms()`` was skipped."""
+        return _in(self.module_steps(), self.history.skipped_steps)
 
     def module_norms(self) -> np.ndarray:
-        """``[n_rows, n_modules]`` gradient norms at the log steps (non-finite kept as inf/nan)."""
-        rows = self.history["module_grad_norms"]
-        return np.asarray([[_f(v) for v in row] for row in rows], dtype=np.float64).reshape(
-            len(rows), -1
-        )
+        """``float64 [n_rows, n_modules]``: gradient norms at the log steps (NaN/inf kept)."""
+        rows = self.history.module_norms
+        if not rows:  # e.g. an OOM before the first flush
+            return np.zeros((0, len(self.history.modules)))
+        return np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
 
     def depth_order(self) -> list[str]:
-        """Weight-bearing modules (Linear/Conv-like, not norms or embeddings) from input to output:
-        forward execution order when it was sampled, else definition order."""
-        names = self.history["module_names"]
-        order = [n for n in self.history.get("forward_order", []) if n in names] or list(names)
+        """Weight-bearing modules (Linear/Conv-like, not norms or embeddings) from input to
+        output: forward execution order when it was sampled, else definition order."""
+        names = self.history.modules
+        order = [n for n in self.history.forward_order if n in names] or list(names)
         order += [n for n in names if n not in order]
-        keep = []
-        for n in order:
-            info = self.modules.get(n)
-            if (
-                info
-                and info.weight_ndim >= 2
-                and info.type not in NORM_TYPES
-                and info.type != "Embedding"
-            ):
-                keep.append(n)
-        return keep
+        return [n for n in order if _weight_bearing(self.modules.get(n))]
 
 
-def _f(v: Any) -> float:
-    if isinstance(v, str):
-        return {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}[v]
-    return float(v) if v is not None else math.nan
+def _in(steps: Any, members: list[int]) -> np.ndarray:
+    """``bool [len(steps)]``: whether each of ``steps`` is in ``members``."""
+    wanted = set(members)
+    return np.asarray([s in wanted for s in steps], dtype=bool)
 
 
-def module_infos(model: Any, names: list[str]) -> dict[str, ModuleInfo]:
+def _weight_bearing(info: ModuleInfo | None) -> bool:
+    return bool(
+        info and info.weight_ndim >= 2 and info.type not in NORM_TYPES and info.type != "Embedding"
+    )
+
+
+def module_infos(model: torch.nn.Module, names: list[str]) -> dict[str, ModuleInfo]:
+    """The ``ModuleInfo`` of each of ``names`` found in ``model`` (``(root)`` is the model).
+
+    Args:
+        model (torch.nn.Module): the trained model.
+        names (list[str]): qualified module names, as in ``History.modules``.
+
+    Returns:
+        dict[str, ModuleInfo]: per name; names not in the model are left out.
+    """
     modules = dict(model.named_modules())
     out = {}
     for name in names:
@@ -114,6 +154,7 @@ def module_infos(model: Any, names: list[str]) -> dict[str, ModuleInfo]:
 
 
 def window(values: np.ndarray, fraction: float = 0.1, minimum: int = 3) -> int:
+    """The length of an edge window: ``fraction`` of ``values``, at least ``minimum``."""
     return max(minimum, int(len(values) * fraction))
 
 

@@ -22,10 +22,27 @@ CODES = (
 )
 
 
+_KEYS = ("code", "severity", "modules", "steps", "message", "evidence", "fix")
+
+
 @dataclass
 class Diagnosis:
-    """One finding. ``modules`` are qualified names from ``named_modules()``, most implicated
-    first; ``steps`` where it was seen; ``evidence`` the numbers behind it; ``fix`` what to do."""
+    """One finding, as a ``report.json`` ``diagnoses[]`` entry.
+
+    Attributes:
+        code (str): one of ``CODES`` (``internal`` for a rule that failed).
+        severity (str): one of ``SEVERITIES``.
+        message (str): what was found, one sentence.
+        fix (str): what to do, as prose; it also holds every line of ``commands``, joined
+            with ``"; "`` (the ``fix`` key predates ``commands`` and stays complete).
+        modules (list[str]): qualified names from ``named_modules()``, most implicated first.
+        steps (list[int]): the steps where it was seen.
+        evidence (dict[str, Any]): the numbers behind it (bytes, ratios, steps).
+        commands (list[str]): the lines of ``fix`` that run something (``rerun with gradoctor
+            train ...``, ``measure a plan: gradoctor memory-profile ...``), each exactly as it
+            appears in ``fix``; the terminal prints them apart, unwrapped, so they paste as
+            they are. Empty for a fix that is prose only.
+    """
 
     code: str
     severity: str
@@ -34,13 +51,34 @@ class Diagnosis:
     modules: list[str] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)
+    commands: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        """The report entry: ``code, severity, modules, steps, message, evidence, fix`` in
+        that order, then ``commands`` only when there are some (a report of a run without
+        commands has exactly the keys it had before the field existed).
+
+        Returns:
+            dict[str, Any]: a new dict (lists and evidence copied).
+        """
         data = asdict(self)
-        return {
-            k: data[k]
-            for k in ("code", "severity", "modules", "steps", "message", "evidence", "fix")
-        }
+        out = {key: data[key] for key in _KEYS}
+        if self.commands:
+            out["commands"] = data["commands"]
+        return out
+
+
+def fix_text(prose: list[str], commands: list[str]) -> str:
+    """The ``fix`` of a diagnosis whose fix runs something: its prose, then its commands.
+
+    Args:
+        prose (list[str]): what to do, in words (may be empty).
+        commands (list[str]): the ``Diagnosis.commands`` lines.
+
+    Returns:
+        str: every part, in that order, joined with ``"; "``.
+    """
+    return "; ".join([*prose, *commands])
 
 
 def severity_rank(severity: str) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from gradoctor.diagnose.types import Diagnosis, fix_text
 from gradoctor.memory import planner, summary
 from gradoctor.memory.model import module_stats
 from gradoctor.memory.tracking import StepTracker, unique_bytes
@@ -45,9 +46,10 @@ def oom_diagnosis(
     launch: list[str] | None = None,
 ) -> dict[str, Any]:
     """One ``memory`` diagnosis entry (``code, severity, modules, steps, message, evidence,
-    fix``) for an OOM raised at ``step`` on ``batch`` (both found in the training loop's frame
-    of the traceback when not given). ``launch``: the run's command-line options the printed
-    rerun command repeats (``["--resume", DIR]``, ``["--nproc-per-node", N]``)."""
+    fix``, then ``commands``: the rerun and measure lines, which ``fix`` also ends with) for
+    an OOM raised at ``step`` on ``batch`` (both found in the training loop's frame of the
+    traceback when not given). ``launch``: the run's command-line options the printed rerun
+    command repeats (``["--resume", DIR]``, ``["--nproc-per-node", N]``)."""
     step = step if step is not None else _frame_local(exc, "step", int)
     try:
         return _diagnose(model, recipe, torch.device(device), exc, step, batch, launch)
@@ -145,9 +147,8 @@ def _diagnose(
         + f", {format_bytes(activations)} of it activations saved for backward "
         f"(batch {b}) and {format_bytes(fixed)} parameters, gradients and optimizer state"
     )
-    return _entry(
-        modules, step, message, ev, _fix_text(changes, notes, recipe, env=env, launch=launch)
-    )
+    commands = _commands(changes, recipe, env=env, launch=launch)
+    return _entry(modules, step, message, ev, notes, commands)
 
 
 def _meta_forward(
@@ -259,8 +260,7 @@ def _frames(exc: BaseException) -> list[tuple[Any, int]]:
 
 
 _BATCH_FRAMES = (  # where the failing step's batch lives (not a user's ``batch, dim = x.shape``)
-    str(Path("gradoctor", "train", "loop.py")),
-    str(Path("gradoctor", "memory", "measure.py")),
+    str(Path("gradoctor", "training", "step.py")),  # TrainStep._micro_batches: loop and profiler
 )
 
 
@@ -284,29 +284,27 @@ def _parse_size(text: str, pattern: str) -> int | None:
     return int(float(number) * _UNITS.get(unit, 1))
 
 
-def _fix_text(
+def _commands(
     changes: list[str],
-    notes: list[str],
     recipe: Recipe,
     env: list[str] | None = None,
     launch: list[str] | None = None,
-) -> str:
-    """``notes``, then the run again with ``changes`` (``key.sub=value`` overrides) as a command
-    that works as printed (``env`` before it, the run's ``launch`` options such as ``--resume``
-    after it), and the command that measures a plan for this very recipe (its file and
-    overrides; on CUDA the budget defaults to the device's free memory)."""
-    parts = list(notes)
-    if recipe.source is not None:
-        base = [recipe.source, *recipe.overrides]
-        if changes or env:
-            again = [*(env or []), "gradoctor", "train", *base, *changes, *(launch or [])]
-            parts.append("rerun with " + _command(again))
-        parts.append("measure a plan: " + _command(["gradoctor", "memory-profile", *base]))
-    else:
-        if changes:
-            parts.append("rerun with the overrides " + _command(changes))
-        parts.append("measure a plan: gradoctor.memory_profile(recipe)")
-    return "; ".join(parts)
+) -> list[str]:
+    """The fix's command lines: the run again with ``changes`` (``key.sub=value`` overrides)
+    as a command that works as printed (``env`` before it, the run's ``launch`` options such
+    as ``--resume`` after it), and the command that measures a plan for this very recipe (its
+    file and overrides; on CUDA the budget defaults to the device's free memory). A recipe
+    without a file gets its overrides and the Python call instead."""
+    if recipe.source is None:
+        rerun = ["rerun with the overrides " + _command(changes)] if changes else []
+        return [*rerun, "measure a plan: gradoctor.memory_profile(recipe)"]
+    base = [recipe.source, *recipe.overrides]
+    commands = []
+    if changes or env:
+        again = [*(env or []), "gradoctor", "train", *base, *changes, *(launch or [])]
+        commands.append("rerun with " + _command(again))
+    commands.append("measure a plan: " + _command(["gradoctor", "memory-profile", *base]))
+    return commands
 
 
 def _command(words: list[str]) -> str:
@@ -314,17 +312,25 @@ def _command(words: list[str]) -> str:
 
 
 def _entry(
-    modules: list[str], step: int | None, message: str, evidence: dict[str, Any], fix: str
+    modules: list[str],
+    step: int | None,
+    message: str,
+    evidence: dict[str, Any],
+    notes: list[str],
+    commands: list[str] | None = None,
 ) -> dict[str, Any]:
-    return {
-        "code": "memory",
-        "severity": "error",
-        "modules": modules,
-        "steps": [step] if step is not None else [],
-        "message": message,
-        "evidence": evidence,
-        "fix": fix,
-    }
+    """The ``memory`` diagnosis as a report entry: its ``fix`` is ``notes`` then
+    ``commands``, and ``commands`` is a key of its own when there are some."""
+    return Diagnosis(
+        code="memory",
+        severity="error",
+        message=message,
+        fix=fix_text(notes, commands or []),
+        modules=modules,
+        steps=[step] if step is not None else [],
+        evidence=evidence,
+        commands=list(commands or []),
+    ).to_dict()
 
 
 def _generic(
@@ -356,7 +362,8 @@ def _generic(
             step,
             f"out of memory{where}: {first}",
             evidence,
-            _fix_text(changes, notes, recipe, launch=launch),
+            notes,
+            _commands(changes, recipe, launch=launch),
         )
     except Exception:
         return _entry(
@@ -364,8 +371,10 @@ def _generic(
             step if isinstance(step, int) else None,
             "out of memory",
             {"fallback": why},
-            "lower data.batch_size, use precision: bf16, or checkpoint activations "
-            "(train.checkpoint)",
+            [
+                "lower data.batch_size, use precision: bf16, or checkpoint activations "
+                "(train.checkpoint)"
+            ],
         )
 
 

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from gradoctor.diagnose.types import ranked
 from gradoctor.memory.units import format_bytes
+from gradoctor.training.history import decode_float
 
 BARS = "▁▂▃▄▅▆▇█"
 HEAT = [
@@ -32,12 +33,6 @@ HEAT = [
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
-def _num(v: Any) -> float:
-    if isinstance(v, str):
-        return {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}.get(v, math.nan)
-    return math.nan if v is None else float(v)
-
-
 def _bins(n: int, width: int) -> list[range]:
     """Split ``n`` points into at most ``width`` contiguous column bins."""
     if n == 0:
@@ -48,7 +43,7 @@ def _bins(n: int, width: int) -> list[range]:
 
 def sparkline(values: list[Any], width: int = 60, log: bool | None = None) -> Text:
     """One character per column; '×' where a column holds a NaN/Inf."""
-    v = np.asarray([_num(x) for x in values], dtype=np.float64)
+    v = np.asarray([decode_float(x) for x in values], dtype=np.float64)
     text = Text()
     finite = v[np.isfinite(v)]
     if not finite.size:
@@ -101,28 +96,59 @@ def diagnoses_table(diags: list[dict[str, Any]]) -> Table:
         evidence = _evidence_line(d["evidence"])
         if evidence:
             body.append("\n" + evidence, style="dim")
-        prose, commands = split_fix(d["fix"])
         body.append("\nfix: ", style="bold")
-        body.append("; ".join(prose + (["the commands below the table"] if commands else [])))
+        body.append(_fix_cell(d))
         table.add_row(
             Text(d["severity"], style=SEVERITY_STYLE.get(d["severity"], "")), d["code"], where, body
         )
     return table
 
 
-_COMMAND_LEADS = ("rerun with ", "measure a plan: ")
+def commands_of(diagnosis: dict[str, Any]) -> list[str]:
+    """A diagnosis's command lines (``Diagnosis.commands``), printed apart from the table,
+    each on one line that is never wrapped or cut, so they paste as they are.
+
+    Args:
+        diagnosis (dict[str, Any]): a ``report.json`` ``diagnoses[]`` entry.
+
+    Returns:
+        list[str]: its ``commands``, in order (empty for a prose-only fix).
+    """
+    if "commands" in diagnosis:
+        return list(diagnosis["commands"])
+    if diagnosis.get("code") == "memory":
+        # A report.json written before diagnoses had a ``commands`` key (``gradoctor report``
+        # re-renders old runs) kept them only inside the ``fix`` text, where the memory
+        # diagnosis, then the only one with commands, began each with one of these leads.
+        parts = [p.strip() for p in diagnosis["fix"].split("; ")]
+        return [p for p in parts if p.startswith(("rerun with ", "measure a plan: "))]
+    return []
 
 
-def split_fix(fix: str) -> tuple[list[str], list[str]]:
-    """A fix's prose and its shell commands (``rerun with gradoctor train ...``), which are
-    printed apart, each on one line that is never wrapped or cut, so they paste as they are."""
-    parts = [p.strip() for p in fix.split("; ") if p.strip()]
-    commands = [p for p in parts if p.startswith(_COMMAND_LEADS)]
-    return [p for p in parts if p not in commands], commands
+def fix_prose(diagnosis: dict[str, Any]) -> list[str]:
+    """The parts of a diagnosis's ``fix`` (joined with ``"; "``) that are not its commands.
+
+    Args:
+        diagnosis (dict[str, Any]): a ``report.json`` ``diagnoses[]`` entry.
+
+    Returns:
+        list[str]: the prose parts, stripped, in order.
+    """
+    text = diagnosis["fix"]
+    for command in commands_of(diagnosis):
+        text = text.replace(command, "")
+    return [p.strip() for p in text.split("; ") if p.strip()]
+
+
+def _fix_cell(diagnosis: dict[str, Any]) -> str:
+    """The fix as the table shows it: its prose, and a pointer to its commands below."""
+    pointer = ["the commands below the table"] if commands_of(diagnosis) else []
+    return "; ".join(fix_prose(diagnosis) + pointer)
 
 
 def fix_commands(diags: list[dict[str, Any]]) -> Text | None:
-    lines = [c for d in ranked(diags) for c in split_fix(d["fix"])[1]]
+    """Every diagnosis's commands, most severe first, as one unwrapped ``Text`` (or None)."""
+    lines = [c for d in ranked(diags) for c in commands_of(d)]
     if not lines:
         return None
     return Text("\n".join(lines), no_wrap=True, overflow="ignore")
@@ -153,7 +179,9 @@ def _evidence_line(evidence: dict[str, Any], limit: int = 6) -> str:
         elif isinstance(value, (int, str)) and len(str(value)) < 40:
             items.append(f"{key}={value}")
         elif isinstance(value, dict) and key in ("input_range", "output_range") and value:
-            items.append(f"{key}=[{_num(value.get('min')):.3g}, {_num(value.get('max')):.3g}]")
+            items.append(
+                f"{key}=[{decode_float(value.get('min')):.3g}, {decode_float(value.get('max')):.3g}]"
+            )
         if len(items) >= limit:
             break
     return " · ".join(items)
@@ -171,7 +199,7 @@ def gradient_flow(history: dict[str, Any], width: int = 48, max_rows: int = 24) 
     if len(order) > max_rows:  # keep input side, output side, and an even sample between
         keep = np.unique(np.linspace(0, len(order) - 1, max_rows).astype(int))
         order = [order[i] for i in keep]
-    norms = np.asarray([[_num(x) for x in r] for r in rows], dtype=np.float64)
+    norms = np.asarray([[decode_float(x) for x in r] for r in rows], dtype=np.float64)
     cols = _bins(len(steps), width)
     logs = np.where(
         np.isfinite(norms) & (norms > 0), np.log10(np.where(norms > 0, norms, 1.0)), np.nan
@@ -215,11 +243,11 @@ def loss_and_scale(data: dict[str, Any], width: int = 60) -> Table:
     table.add_column(no_wrap=True)
     losses = h.get("loss") or []
     if losses:
-        finite = [x for x in map(_num, losses) if math.isfinite(x)]
-        span = f"  {finite[0]:.4g} → {_num(losses[-1]):.4g}" if finite else ""
+        finite = [x for x in map(decode_float, losses) if math.isfinite(x)]
+        span = f"  {finite[0]:.4g} → {decode_float(losses[-1]):.4g}" if finite else ""
         table.add_row("loss", sparkline(losses, width) + Text(span, style="dim"))
     if data.get("precision") == "fp16" and h.get("loss_scale"):
-        scales = [max(_num(s), 1e-30) for s in h["loss_scale"]]
+        scales = [max(decode_float(s), 1e-30) for s in h["loss_scale"]]
         table.add_row(
             "loss scale",
             sparkline(scales, width, log=True)

@@ -12,6 +12,7 @@ from gradoctor.training.build import build_components
 from tests.memory.conftest import memory_recipe
 
 KEYS = {"code", "severity", "modules", "steps", "message", "evidence", "fix"}
+WITH_COMMANDS = KEYS | {"commands"}  # the rerun / measure lines, also at the end of "fix"
 MESSAGE = (
     "CUDA out of memory. Tried to allocate 8.00 KiB. GPU 0 has a total capacity of 40.00 KiB "
     "of which 1.00 KiB is free. Of the allocated memory 36.00 KiB is allocated by PyTorch, and "
@@ -46,7 +47,7 @@ def test_diagnosis_shape_and_concrete_fix():
     recipe, parts, batch = _setup(**{"model.depth": 4, "data.batch_size": 64})
     exc = _fail_in_forward(parts.model, batch, parts.loss_fn)
     d = oom_diagnosis(parts.model, recipe, "cpu", exc, step=12, batch=batch)
-    assert set(d) == KEYS
+    assert set(d) == WITH_COMMANDS and d["fix"].endswith("; ".join(d["commands"]))
     assert (d["code"], d["severity"], d["steps"]) == ("memory", "error", [12])
     names = {q for q, _ in parts.model.named_modules()}
     assert d["modules"] and set(d["modules"]) <= names
@@ -93,7 +94,8 @@ def test_step_found_in_the_traceback_and_never_raises():
     assert d["steps"] == [5]
     # no traceback, no batch: the generic fix, still the same shape
     d = oom_diagnosis(parts.model, recipe, "cpu", torch.OutOfMemoryError("boom"))
-    assert set(d) == KEYS and d["modules"] == ["Block"] and "data.batch_size=8" in d["fix"]
+    assert set(d) == WITH_COMMANDS and d["modules"] == ["Block"]
+    assert "data.batch_size=8" in d["fix"]
     # nonsense arguments still give a diagnosis
     d = oom_diagnosis(None, None, "cpu", torch.OutOfMemoryError("boom"))
     assert set(d) == KEYS and d["code"] == "memory"

@@ -22,6 +22,8 @@ def test_oom_exits_4_with_report_and_memory_diagnosis(tmp_path):
     assert report["status"] == "failed" and report["steps_completed"] == 2
     (memory,) = [d for d in report["diagnoses"] if d["code"] == "memory"]
     assert memory["severity"] == "error" and memory["fix"] and memory["steps"] == [3]
+    # The failing batch is read from the training step's frame (training/step.py).
+    assert memory["evidence"]["batch_size"] == 8 and memory["evidence"]["activations_estimate"]
     # The TensorBoard events are flushed; no checkpoint of the half-done step is saved.
     run = tmp_path / "run"
     assert len(list(run.glob("events.out.tfevents.*"))) == 1

@@ -13,7 +13,7 @@ from gradoctor.diagnose.types import Diagnosis
 def check(ctx: RunContext) -> list[Diagnosis]:
     th = ctx.thresholds
     hits = []
-    for site, fractions in ctx.history.get("dead_fraction", {}).items():
+    for site, fractions in ctx.history.dead_fraction.items():
         recent = fractions[-2:]
         if recent and min(recent) >= th.dead_fraction:
             hits.append((recent[-1], site))
@@ -21,8 +21,8 @@ def check(ctx: RunContext) -> list[Diagnosis]:
         return []
     hits.sort(reverse=True)
     worst, site = hits[0]
-    units = ctx.history.get("relu_units", {})
-    steps = ctx.history.get("activation_steps", [])
+    units = ctx.history.relu_units
+    steps = ctx.history.activation_steps
     return [
         Diagnosis(
             code="dead_units",

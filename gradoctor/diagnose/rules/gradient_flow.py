@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradoctor.diagnose.context import RunContext, _f, spearman, window
+from gradoctor.diagnose.context import RunContext, spearman, window
 from gradoctor.diagnose.types import Diagnosis
 
 
 def _rms(ctx: RunContext, order: list[str]) -> np.ndarray:
-    names = ctx.history["module_names"]
+    names = ctx.history.modules
     norms = ctx.module_norms()
     cols = [names.index(n) for n in order]
     numel = np.asarray([max(ctx.modules[n].numel, 1) for n in order], dtype=np.float64)
@@ -31,8 +31,7 @@ def check(ctx: RunContext) -> list[Diagnosis]:
     out: list[Diagnosis] = []
     th = ctx.thresholds
     steps = ctx.steps()[~ctx.skipped_mask()]
-    totals = np.asarray([_f(v) for v in ctx.history["grad_norm_total"]])
-    totals = totals[~ctx.skipped_mask()]
+    totals = ctx.grad_norm_totals()[~ctx.skipped_mask()]
     finite = np.isfinite(totals)
     # 1. growth over time
     if finite.sum() >= 8:
@@ -137,5 +136,5 @@ def _largest(ctx: RunContext) -> list[str]:
     if not len(norms):
         return []
     last = np.nan_to_num(norms[-1], nan=np.inf)
-    names = ctx.history["module_names"]
+    names = ctx.history.modules
     return [names[j] for j in np.argsort(-last)[:3]]

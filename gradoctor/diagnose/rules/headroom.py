@@ -13,13 +13,11 @@ from gradoctor.diagnose.types import Diagnosis
 
 def check(ctx: RunContext) -> list[Diagnosis]:
     limit = FP16_MAX / ctx.thresholds.headroom_factor
-    acts = {
-        m: max(v) for m, v in ctx.history.get("act_absmax", {}).items() if v and max(v) == max(v)
-    }
+    acts = {m: max(v) for m, v in ctx.history.act_absmax.items() if v and max(v) == max(v)}
     near = {m: v for m, v in acts.items() if v > limit}
-    names = ctx.history["module_names"]
+    names = ctx.history.modules
     grads: dict[str, float] = {}
-    for row in ctx.history.get("grad_absmax", []):
+    for row in ctx.history.grad_absmax:
         for name, value in zip(names, row):
             grads[name] = max(grads.get(name, 0.0), value)
     near_grads = {m: v for m, v in grads.items() if v > limit}
@@ -43,7 +41,7 @@ def check(ctx: RunContext) -> list[Diagnosis]:
             )
             + ("" if fp16 else " (this run is not fp16: it would overflow there)"),
             modules=[m for m, _ in ranked][:5],
-            steps=ctx.history.get("activation_steps", [])[-2:],
+            steps=ctx.history.activation_steps[-2:],
             evidence={
                 "fp16_max": FP16_MAX,
                 "activations_absmax": near,

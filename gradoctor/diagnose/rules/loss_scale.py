@@ -16,7 +16,7 @@ from gradoctor.diagnose.types import Diagnosis
 
 def _modules(ctx: RunContext) -> list[str]:
     counts: Counter[str] = Counter()
-    for event in ctx.history["overflow"]:
+    for event in ctx.history.overflow:
         for param in event["params"]:
             counts[param.rsplit(".", 1)[0] if "." in param else "(root)"] += 1
     return [m for m, _ in counts.most_common(5)]
@@ -40,7 +40,7 @@ def check(ctx: RunContext) -> list[Diagnosis]:
     for s in post if len(post) else skipped:  # never calibrated: every step was skipped
         run = run + 1 if s else 0
         longest = max(longest, run)
-    scales = [float(v) for v in ctx.history["loss_scale"] if isinstance(v, (int, float))]
+    scales = [float(v) for v in ctx.history.loss_scale]
     min_scale = min(scales) if scales else None
     modules = _modules(ctx)
     origin = next(

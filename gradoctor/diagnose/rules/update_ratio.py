@@ -13,16 +13,14 @@ from gradoctor.diagnose.types import Diagnosis
 def check(ctx: RunContext) -> list[Diagnosis]:
     th = ctx.thresholds
     medians = {}
-    for module, ratios in ctx.history["update_ratio"].items():
-        values = np.asarray(
-            [r for r in ratios if isinstance(r, float) and np.isfinite(r) and r > 0]
-        )
+    for module, ratios in ctx.history.update_ratio.items():
+        values = np.asarray([r for r in ratios if np.isfinite(r) and r > 0])
         if len(values) >= 2:
             medians[module] = float(np.median(values))
     out = []
     high = sorted(((r, m) for m, r in medians.items() if r > th.update_ratio_high), reverse=True)
     low = sorted((r, m) for m, r in medians.items() if r < th.update_ratio_low)
-    steps = ctx.history["update_ratio_steps"]
+    steps = ctx.history.update_ratio_steps
     if high:
         out.append(
             Diagnosis(
