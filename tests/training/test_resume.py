@@ -87,3 +87,20 @@ def test_checkpoint_is_written_atomically_and_loads_weights_only(recipe_factory)
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["step"] == 4
     assert set(state) >= {"model", "optimizer", "scaler", "scheduler", "rng", "data", "step"}
+
+
+OLD_CHECKPOINT = MODELS.parent / "checkpoints" / "format1_602e1e1_tiny_fp16.pt"
+
+
+def test_a_checkpoint_written_before_the_run_state_refactor_resumes_bitwise(recipe_factory):
+    """``tests/assets/checkpoints/format1_602e1e1_tiny_fp16.pt`` was written by gradoctor at
+    602e1e1 (before TrainState) after 5 steps of this recipe; resuming it to step 10 gives
+    the uninterrupted run's losses and loss scales bitwise."""
+    changes = {"precision": "fp16", "model.dropout": 0.2, "data.shuffle": True}
+    full = gradoctor.train(recipe_factory(**changes, **{"train.steps": 10}))
+    resumed = gradoctor.train(
+        recipe_factory(**changes, **{"train.steps": 10}), resume=OLD_CHECKPOINT
+    )
+    assert resumed.start_step == 5
+    assert resumed.history["loss"] == full.history["loss"]
+    assert resumed.history["loss_scale"] == full.history["loss_scale"]
