@@ -180,6 +180,55 @@ class NormPass:
         self.loop.close()
 
 
+def bench_self_time(name, recipe_src, device_name, out_dir, steps=300, rounds=5):
+    """Each instrument's own time (``bench/instrument_self_time.py``) over ``steps`` steps
+    stepped as ``Trainer.run`` steps them, against the plain loop's time for as many steps
+    (``rounds`` interleaved blocks; the medians)."""
+    from bench.instrument_self_time import instrument
+
+    recipe, device = _load("plain", recipe_src, device_name, out_dir)
+    plain = PlainLoop(recipe, device)
+    doctor = DoctorLoop(_load("default", recipe_src, device_name, out_dir)[0])
+    totals = instrument(doctor.trainer)
+    for loop in (plain, doctor):
+        time_block(loop, 20, device)
+    totals.clear()
+    per_round, plain_s = [], []
+    for r in range(rounds):
+        before = dict(totals)
+        for loop in (plain, doctor) if r % 2 == 0 else (doctor, plain):
+            seconds = time_block(loop, steps // rounds, device)
+            if loop is plain:
+                plain_s.append(seconds)
+        per_round.append(
+            {k: (v - before.get(k, 0.0)) / (steps // rounds) for k, v in totals.items()}
+        )
+    doctor.close()
+    plain_step = statistics.median(plain_s)
+    names = list(per_round[-1])
+    rows = {
+        k: {
+            "ms_per_step": 1e3 * statistics.median(r.get(k, 0.0) for r in per_round),
+            "pct_of_plain": 100 * statistics.median(r.get(k, 0.0) for r in per_round) / plain_step,
+        }
+        for k in names
+    }
+    total = statistics.median(sum(r.values()) for r in per_round)
+    rows["total"] = {"ms_per_step": 1e3 * total, "pct_of_plain": 100 * total / plain_step}
+    return {"config": name, "plain_ms": 1e3 * plain_step, "steps": steps, "rows": rows}
+
+
+def _format_self_time(res):
+    lines = [
+        f"{res['config']}: each instrument's own time (hooks timed directly; CPU), "
+        f"plain step {res['plain_ms']:.2f} ms, {res['steps']} steps",
+        f"  {'instrument':16s} {'ms/step':>8s} {'% of plain':>11s}",
+    ]
+    for name, row in res["rows"].items():
+        lines.append(f"  {name:16s} {row['ms_per_step']:8.3f} {row['pct_of_plain']:10.2f}%")
+    return "\n".join(lines)
+
+
 def _breaks_loop(loop):
     """Run one log interval (its steps and flush): the error text if that raises, else None."""
     try:
@@ -524,6 +573,11 @@ def main(argv=None):
                 Path(tmp),
             )
         print(_format_instruments(res), flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            res["self_time"] = bench_self_time(
+                args.instruments, configs[args.instruments], device, Path(tmp)
+            )
+        print(_format_self_time(res["self_time"]), flush=True)
         _write_json(args.json, res)
         return res
     rounds, block = args.rounds or 12, args.block or 20

@@ -92,6 +92,7 @@ class GradNormRecorder:
         self._before: list[torch.Tensor] | None = None  # reused buffers (see before_update)
         self._sample_idx: list[tuple[torch.Tensor | None, float]] | None = None
         self._armed = False
+        self._factors: list[torch.Tensor] | None = None
 
     def _grads(self, k: int) -> list[torch.Tensor]:
         zero = self._zeros[k]
@@ -166,13 +167,21 @@ class GradNormRecorder:
         self._armed = False
         new = self._update_views()
         torch._foreach_sub_(self._before, new)  # in place: the buffers now hold old - new
-        scale = [s for _, s in self._sample_idx]
+        if self._factors is None:  # per group: the sampled parameters' sqrt(numel / sample)
+            scale = [s for _, s in self._sample_idx]
+            self._factors = [
+                torch.tensor(
+                    [scale[i] for i in idx], dtype=torch.float64, device=new[idx[0]].device
+                )
+                for idx in self.index.groups
+            ]
         rows = []
-        for idx in self.index.groups:
+        for idx, factor in zip(self.index.groups, self._factors):
             upd = torch.stack(torch._foreach_norm([self._before[i] for i in idx]))
             par = torch.stack(torch._foreach_norm([new[i] for i in idx]))
-            factor = torch.tensor([scale[i] for i in idx], device=upd.device, dtype=upd.dtype)
-            rows.append((torch.stack((upd, par)) * factor).to(self.device, torch.float32))
+            rows.append(
+                (torch.stack((upd, par)) * factor.to(upd.dtype)).to(self.device, torch.float32)
+            )
         return torch.cat(rows, dim=1)
 
 

@@ -77,10 +77,28 @@ def clip_gradients(
     norms.clip(reduce(param_norms) if reduce is not None else param_norms, max_norm)
 
 
-def _enter(stack: contextlib.ExitStack, contexts: list[contextlib.AbstractContextManager]) -> None:
-    for cm in contexts:
-        if cm is not _NULL:
+def _around(
+    active: list[Instrument], point: str, view: StepView
+) -> contextlib.AbstractContextManager[Any]:
+    """The instruments' contexts for ``point`` as one context: only instruments that override
+    it are asked, and nothing is stacked when none or one takes part (the common case)."""
+    cms = [
+        cm
+        for inst in active
+        if getattr(type(inst), point) is not getattr(Instrument, point)
+        and (cm := getattr(inst, point)(view)) is not _NULL
+    ]
+    if not cms:
+        return _NULL
+    return cms[0] if len(cms) == 1 else _stacked(cms)
+
+
+@contextlib.contextmanager
+def _stacked(cms: list[contextlib.AbstractContextManager[Any]]) -> Any:
+    with contextlib.ExitStack() as stack:
+        for cm in cms:
             stack.enter_context(cm)
+        yield
 
 
 class TrainStep:
@@ -174,13 +192,11 @@ class TrainStep:
             last = micro == cfg.accum_steps - 1
             sync = no_sync(s.train_model, cfg.dist_strategy, last) if cfg.dist_strategy else _NULL
             with sync:
-                with contextlib.ExitStack() as stack:
-                    _enter(stack, [i.forward(view) for i in active])
+                with _around(active, "forward", view):
                     loss = micro_batch_loss(s, batch, cfg.precision)
                 view.loss = loss
                 loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
-                with contextlib.ExitStack() as stack:
-                    _enter(stack, [i.backward(view) for i in active])
+                with _around(active, "backward", view):
                     backward_loss(s, loss, cfg.accum_steps).backward()
             view.batch = view.loss = None
             del loss, batch  # the next micro-batch's forward runs without them
@@ -196,8 +212,7 @@ class TrainStep:
     ) -> tuple[bool, float]:
         """Unscale, clip, step and update, clear gradients: ``(skipped, lr)``."""
         s, cfg = self.state, self.config
-        with contextlib.ExitStack() as stack:
-            _enter(stack, [i.optimizer(view) for i in active])
+        with _around(active, "optimizer", view):
             s.scaler.unscale_(s.optimizer)  # gradients are unscaled from here on
             for inst in active:
                 inst.after_unscale(view)
