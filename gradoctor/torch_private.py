@@ -12,6 +12,13 @@ torch upgrade renames one of these, this is the only module to change.
   the scaler's ``found_inf`` themselves.
 - ``DTensor._local_tensor``: an FSDP2 parameter's local shard as a plain tensor, without the
   communication ``to_local()`` may imply for some placements.
+- ``Module._parameters`` / ``._buffers``: the slot tables, written directly by check-grads'
+  module copy (``torch.func.functional_call`` per evaluation costs more than the forward of
+  a small layer).
+- ``torch._C._set_grad_enabled``: ``no_grad`` without its context object, in check-grads'
+  finite-difference sweep (thousands of tiny forwards).
+- ``torch.utils._python_dispatch.TorchDispatchMode`` and ``torch.utils._pytree``: the op-level
+  interception behind the non-finite replay and the memory tracker (no public equivalent).
 """
 
 from __future__ import annotations
@@ -19,6 +26,16 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+set_grad_enabled_raw = torch._C._set_grad_enabled
+
+
+def slot_tables(module: torch.nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(module._parameters, module._buffers)``: the live slot dicts (not copies)."""
+    return module._parameters, module._buffers
 
 
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
@@ -68,6 +85,11 @@ def found_inf_total(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimiz
 
 
 __all__ = [
+    "TorchDispatchMode",
+    "pytree",
+    "set_grad_enabled_raw",
+    "slot_tables",
+    "tree_flatten",
     "found_inf_total",
     "load_scaler_live_state",
     "local_tensor",

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils import _pytree as pytree
 
 from gradoctor.gradcheck.case import Case, callable_of
+from gradoctor.torch_private import pytree, set_grad_enabled_raw, slot_tables
 
 _BATCH_MIXING = (torch.nn.modules.batchnorm._BatchNorm,)
 
@@ -267,10 +267,10 @@ class Target:
         for slot, v in zip(self.slots, values):
             if slot.kind == "param":
                 for mod, attr in self._owners[slot.position]:
-                    mod._parameters[attr] = v
+                    slot_tables(mod)[0][attr] = v
         for name, b in self.buffers.items():
             for mod, attr in self._owners.get(name, ()):
-                mod._buffers[attr] = b.clone()
+                slot_tables(mod)[1][attr] = b.clone()
 
     # -- facts about the case ----------------------------------------------------------
     def batch_mixing_layer(self) -> str | None:
@@ -387,13 +387,13 @@ class FlatFunction:
     def value(self, x: torch.Tensor) -> torch.Tensor:
         """f(x), flattened to float64 (M,). One forward."""
         prev = torch.is_grad_enabled()
-        torch._C._set_grad_enabled(False)  # torch.no_grad, minus the context object
+        set_grad_enabled_raw(False)  # torch.no_grad, minus the context object
         try:
             with self.target.rng():
                 outs = self.target.call(self.values_at(x), self.prepare)
                 return self._flat_out(self._kept(outs))
         finally:
-            torch._C._set_grad_enabled(prev)
+            set_grad_enabled_raw(prev)
 
     @contextlib.contextmanager
     def sweep(self, buf: torch.Tensor) -> Iterator[Callable[[], torch.Tensor]]:
@@ -412,7 +412,7 @@ class FlatFunction:
         views = self.values_at(buf)
         used = set(self.use)
         fresh = [i in used for i in range(len(views))]
-        set_grad = torch._C._set_grad_enabled
+        set_grad = set_grad_enabled_raw
 
         def ev() -> torch.Tensor:
             vals = [v.detach() if f else v for v, f in zip(views, fresh)]
@@ -507,7 +507,7 @@ def _owners(module: torch.nn.Module) -> dict[str, list[tuple[torch.nn.Module, st
     canonical.update({id(b): n for n, b in module.named_buffers()})
     owners: dict[str, list[tuple[torch.nn.Module, str]]] = {}
     for mod in module.modules():
-        for table in (mod._parameters, mod._buffers):
+        for table in slot_tables(mod):
             for attr, t in table.items():
                 if t is not None and id(t) in canonical:
                     owners.setdefault(canonical[id(t)], []).append((mod, attr))

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+
+from gradoctor.torch_private import TorchDispatchMode
 
 PHASES = ("data", "forward", "backward", "optimizer")
 _CUDA_GRANULARITY = 512  # the CUDA caching allocator rounds every block to 512 bytes

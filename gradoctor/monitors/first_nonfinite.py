@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+
+from gradoctor.torch_private import TorchDispatchMode, tree_flatten
 
 
 def _float_tensors(obj: Any) -> list[torch.Tensor]:

@@ -22,18 +22,24 @@ import yaml
 
 from gradoctor.distributed.aggregate import IntervalReducer, RankLedger, any_rank, global_norms
 from gradoctor.distributed.context import setup_distributed
-from gradoctor.errors import GradoctorError, OutOfMemory, TrainingInterrupted, UserCodeError
+from gradoctor.errors import GradoctorError
 from gradoctor.monitors.grad_norms import GradNormRecorder, ParamIndex
 from gradoctor.monitors.instrument import StepView
 from gradoctor.monitors.interval import IntervalCollector
 from gradoctor.monitors.memory import MemoryMonitor, rss_peak
-from gradoctor.recipe.components import user_frames
 from gradoctor.recipe.schema import Recipe
 from gradoctor.sinks.report_json import write_json_atomic
 from gradoctor.sinks.tensorboard import TensorBoardSink
 from gradoctor.training.build import build_state
 from gradoctor.training.checkpoint_io import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from gradoctor.training.environment import deterministic_mode, pick_device
+from gradoctor.training.failures import (
+    ExplainOOM,
+    explain_oom,
+    interrupted,
+    out_of_memory,
+    user_error,
+)
 from gradoctor.training.guard import Decision, NonFiniteGuard, StopRun
 from gradoctor.training.history import History
 from gradoctor.training.instruments import default_instruments
@@ -47,8 +53,6 @@ _NULL = contextlib.nullcontext()
 
 # (history, findings, model, module names, recipe) -> diagnoses; injected by the API layer.
 Triage = Callable[[History, list[dict[str, Any]], torch.nn.Module, list[str], Recipe], list]
-# (model, recipe, device, exc, step, launch) -> the OOM diagnosis or None; injected likewise.
-ExplainOOM = Callable[..., dict[str, Any] | None]
 
 
 class Trainer:
@@ -191,14 +195,16 @@ class Trainer:
         except StopRun:
             status = "stopped"
         except KeyboardInterrupt:
-            status, raised = "interrupted", self._interrupted()
+            status, raised = "interrupted", interrupted(self.state.step, self.out_dir)
         except torch.OutOfMemoryError as exc:
-            self._oom_diagnosis = self._explain(exc)
-            status, raised = "failed", _out_of_memory(exc, self.state.step + 1)
+            self._oom_diagnosis = explain_oom(
+                self._explain_oom, self.state, self.recipe, exc, self._launch
+            )
+            status, raised = "failed", out_of_memory(exc, self.state.step + 1)
         except GradoctorError as exc:
             status, raised = "failed", exc
         except Exception as exc:
-            status, raised = "failed", _user_error(exc, self.state.step + 1)
+            status, raised = "failed", user_error(exc, self.state.step + 1)
         finally:
             if self.dist is not None and status != "completed":
                 raised = self.control.rank_outcome(status, raised)
@@ -258,25 +264,6 @@ class Trainer:
         tb.close()
         self.reporter.on_end(result)
         return result
-
-    def _explain(self, exc: BaseException) -> dict[str, Any] | None:
-        """The ``memory`` diagnosis for an OOM (the injected memory planner)."""
-        self.state.optimizer.zero_grad(set_to_none=True)  # give back what the failed step held
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        if self._explain_oom is None:
-            return None
-        try:
-            return self._explain_oom(
-                self.state.model,
-                self.recipe,
-                self.device,
-                exc,
-                step=self.state.step + 1,
-                launch=self._launch,
-            )
-        except Exception:  # never lose the report over the explanation
-            return None
 
     def diagnoses(self) -> list[dict[str, Any]]:
         """The triage rules over the history (host-side, at the end of the run)."""
@@ -342,26 +329,6 @@ class Trainer:
             "output_dir": str(self.out_dir),
             "recipe": self.recipe.name,
         }
-
-    def _interrupted(self) -> TrainingInterrupted:
-        return TrainingInterrupted(
-            f"interrupted at step {self.state.step}; checkpoint and report saved in {self.out_dir}",
-            hint=f"continue with --resume {self.out_dir}",
-        )
-
-
-def _out_of_memory(exc: BaseException, step: int) -> OutOfMemory:
-    return OutOfMemory(
-        f"out of memory at step {step}: {str(exc).splitlines()[0]}",
-        hint="lower data.batch_size, use precision: bf16, or checkpoint activations (train.checkpoint)",
-    )
-
-
-def _user_error(exc: BaseException, step: int) -> UserCodeError:
-    return UserCodeError(
-        f"training step {step} raised {type(exc).__name__}: {exc}",
-        user_traceback=user_frames(exc),
-    )
 
 
 __all__ = ["Trainer"]

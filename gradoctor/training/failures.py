@@ -1,0 +1,64 @@
+"""How a run that did not complete is described: the errors the loop raises, and the
+out-of-memory explanation (computed by an explainer the API layer injects)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gradoctor.errors import OutOfMemory, TrainingInterrupted, UserCodeError
+from gradoctor.recipe.components import user_frames
+from gradoctor.recipe.schema import Recipe
+from gradoctor.training.state import TrainState
+
+# (model, recipe, device, exc, *, step, launch) -> the `memory` diagnosis (a dict) or None.
+ExplainOOM = Callable[..., dict[str, Any] | None]
+
+
+def interrupted(step: int, out_dir: Path) -> TrainingInterrupted:
+    return TrainingInterrupted(
+        f"interrupted at step {step}; checkpoint and report saved in {out_dir}",
+        hint=f"continue with --resume {out_dir}",
+    )
+
+
+def out_of_memory(exc: BaseException, step: int) -> OutOfMemory:
+    return OutOfMemory(
+        f"out of memory at step {step}: {str(exc).splitlines()[0]}",
+        hint="lower data.batch_size, use precision: bf16, or checkpoint activations (train.checkpoint)",
+    )
+
+
+def user_error(exc: BaseException, step: int) -> UserCodeError:
+    """The user's exception, with only the user's own frames of its traceback."""
+    return UserCodeError(
+        f"training step {step} raised {type(exc).__name__}: {exc}",
+        user_traceback=user_frames(exc),
+    )
+
+
+def explain_oom(
+    explainer: ExplainOOM | None,
+    state: TrainState,
+    recipe: Recipe,
+    exc: BaseException,
+    launch: list[str],
+) -> dict[str, Any] | None:
+    """The ``memory`` diagnosis of an OOM at the step after ``state.step``, after giving back
+    what the failed step held; None without an explainer or when it fails (never raises:
+    the report matters more than its explanation)."""
+    state.optimizer.zero_grad(set_to_none=True)
+    if state.device.type == "cuda":
+        torch.cuda.empty_cache()
+    if explainer is None:
+        return None
+    try:
+        return explainer(state.model, recipe, state.device, exc, step=state.step + 1, launch=launch)
+    except Exception:
+        return None
+
+
+__all__ = ["ExplainOOM", "explain_oom", "interrupted", "out_of_memory", "user_error"]
