@@ -3,6 +3,7 @@ out-of-memory explanation (computed by an explainer the API layer injects)."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,17 +13,35 @@ import torch
 from gradoctor.errors import OutOfMemory, TrainingInterrupted, UserCodeError
 from gradoctor.recipe.components import user_frames
 from gradoctor.recipe.schema import Recipe
+from gradoctor.training.checkpoint_io import CHECKPOINT_NAME
 from gradoctor.training.state import TrainState
 
 # (model, recipe, device, exc, *, step, launch) -> the `memory` diagnosis (a dict) or None.
 ExplainOOM = Callable[..., dict[str, Any] | None]
 
 
-def interrupted(step: int, out_dir: Path) -> TrainingInterrupted:
-    return TrainingInterrupted(
-        f"interrupted at step {step}; checkpoint and report saved in {out_dir}",
-        hint=f"continue with --resume {out_dir}",
-    )
+def interrupted(step: int, out_dir: Path, signum: int, mid_step: bool) -> TrainingInterrupted:
+    """The error for a run stopped by signal ``signum`` (exit 128 + signum). ``mid_step``: a
+    second signal stopped it inside step ``step + 1``, so no checkpoint of that half-done
+    step is written (an earlier ``checkpoint_every`` one may exist)."""
+    name = signal.Signals(signum).name
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {name}"
+    if not mid_step:
+        err = TrainingInterrupted(
+            f"{what} at step {step}; checkpoint and report saved in {out_dir}",
+            hint=f"continue with --resume {out_dir}",
+        )
+    else:
+        earlier = (out_dir / CHECKPOINT_NAME).is_file()
+        err = TrainingInterrupted(
+            f"{what} during step {step + 1} (a second signal); report saved in {out_dir}, "
+            "no checkpoint of the half-done step",
+            hint=f"continue from the last saved checkpoint with --resume {out_dir}"
+            if earlier
+            else "no checkpoint was written: run it again",
+        )
+    err.exit_code = 128 + int(signum)
+    return err
 
 
 def out_of_memory(exc: BaseException, step: int) -> OutOfMemory:

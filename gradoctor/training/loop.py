@@ -188,14 +188,17 @@ class Trainer:
         try:
             with (
                 deterministic_mode(self.recipe.train.deterministic),
-                self.control.sigint_as_stop_request(),
+                self.control.stop_signals_as_requests(),
                 self.control.sigterm_as_interrupt(),
             ):
                 self._train()
         except StopRun:
             status = "stopped"
         except KeyboardInterrupt:
-            status, raised = "interrupted", interrupted(self.state.step, self.out_dir)
+            status = "interrupted"
+            raised = interrupted(
+                self.state.step, self.out_dir, self.control.stop_signal, self._mid_step
+            )
         except torch.OutOfMemoryError as exc:
             self._oom_diagnosis = explain_oom(
                 self._explain_oom, self.state, self.recipe, exc, self._launch

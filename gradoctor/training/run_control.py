@@ -1,7 +1,9 @@
-"""How a run stops: Ctrl-C / SIGTERM as stop requests, and, distributed, the ranks' agreement.
+"""How a run stops: Ctrl-C / SIGTERM / SIGHUP as stop requests, and, distributed, the ranks'
+agreement.
 
-Alone, the first Ctrl-C stops the run at the next step boundary (a consistent checkpoint),
-the second stops it now. Distributed, every rank stops at the first step boundary after a
+Alone, the first of these signals stops the run at the next step boundary (a consistent
+checkpoint), a second one stops it now; the exit status is 128 + the first signal's number
+(130 for Ctrl-C, 143 for SIGTERM, 129 for SIGHUP). Distributed, every rank stops at the first step boundary after a
 flush where any rank had asked (the request rides on the interval's collective), and a
 SIGTERM from torchrun becomes an interrupt that waits for the report once finishing began.
 """
@@ -20,6 +22,7 @@ from gradoctor.distributed.failure import post_failure, read_failure, sigterm_as
 from gradoctor.errors import UserCodeError
 
 _NULL = contextlib.nullcontext()
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
 class RunControl:
@@ -31,6 +34,7 @@ class RunControl:
         self.agreed_stop = False  # distributed: every rank stops at this boundary
         self.finishing = False  # the report is being written: a SIGTERM waits for it
         self.dist_broken = False  # a rank failed: no more collectives
+        self.stop_signal = int(signal.SIGINT)  # the signal that asked to stop (exit 128 + it)
 
     def should_stop(self) -> bool:
         """At a step boundary: stop now? Distributed, only when every rank agrees."""
@@ -45,22 +49,29 @@ class RunControl:
         return sigterm_as_interrupt(lambda: self.finishing)
 
     @contextlib.contextmanager
-    def sigint_as_stop_request(self) -> Iterator[None]:
-        """First Ctrl-C: stop at the next step boundary (consistent checkpoint). Second: now."""
+    def stop_signals_as_requests(self) -> Iterator[None]:
+        """The first SIGINT (Ctrl-C), SIGTERM (a scheduler, ``timeout``, ``kill``, a container
+        stop) or SIGHUP (the terminal closed) asks the run to stop at the next step boundary,
+        with a consistent checkpoint; a second one stops it at once. Distributed runs take
+        SIGINT only here (torchrun's SIGTERM goes through ``sigterm_as_interrupt``)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
+        names = ("SIGINT",) if self.dist is not None else STOP_SIGNALS
+        signums = [getattr(signal, n) for n in names if hasattr(signal, n)]
 
         def handler(signum: int, frame: Any) -> None:
             if self.stop_requested:
                 raise KeyboardInterrupt
             self.stop_requested = True
+            self.stop_signal = signum
 
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = {signum: signal.signal(signum, handler) for signum in signums}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, old in previous.items():
+                signal.signal(signum, old)
 
     def rank_outcome(self, status: str, raised: BaseException | None) -> Any:
         """A run that did not complete, distributed: unless every rank stopped at the same

@@ -104,12 +104,15 @@ def fixed_data(batch_size: int = 8, n: int = 64, shuffle: bool = False, as_dict:
 
 
 class InterruptingData:
-    """``fixed_data`` that sends SIGINT to this process when batch number ``at_batch`` (1-based,
-    counted over the whole run) is fetched — a Ctrl-C in the middle of a step."""
+    """``fixed_data`` that sends ``signal_name`` (SIGINT: a Ctrl-C) to this process when batch
+    number ``at_batch`` (1-based, counted over the whole run) is fetched — in the middle of a
+    step; ``times`` signals at once (2: a second Ctrl-C / SIGTERM before the step ends)."""
 
-    def __init__(self, at_batch: int = 7, batch_size: int = 8):
+    def __init__(
+        self, at_batch: int = 7, batch_size: int = 8, signal_name: str = "SIGINT", times: int = 1
+    ):
         self.loader = fixed_data(batch_size=batch_size, shuffle=True)
-        self.at_batch = at_batch
+        self.at_batch, self.signal_name, self.times = at_batch, signal_name, times
         self.count = 0
 
     def __iter__(self):
@@ -119,7 +122,8 @@ class InterruptingData:
         for batch in self.loader:
             self.count += 1
             if self.count == self.at_batch:
-                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(self.times):
+                    os.kill(os.getpid(), getattr(signal, self.signal_name))
             yield batch
 
 
