@@ -23,6 +23,26 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="A doctor for
 T = TypeVar("T")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from gradoctor.version import __version__  # the base layer: no torch import
+
+        typer.echo(f"gradoctor {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """A doctor for PyTorch training."""
+
+
 def _run(call: Callable[[], T]) -> T:
     """The one place where library errors become a message and an exit code."""
     try:

@@ -88,3 +88,18 @@ def test_help_does_not_import_torch(command: list[str]):
     assert proc.returncode == 0, proc.stderr
     assert "Usage" in proc.stdout
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
+
+
+def test_version_prints_the_package_version_without_torch():
+    from gradoctor.version import __version__
+
+    proc = subprocess.run(
+        [sys.executable, "-c", HELP_RUN, "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT_DIR,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == f"gradoctor {__version__}" and lines[-1] == "[]"

@@ -51,11 +51,33 @@ def key_lines(text: str) -> dict[str, int]:
 
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     """Load ``path`` with ``yaml.safe_load``; returns the mapping and its key lines."""
+    if path.is_dir():
+        raise RecipeError(
+            [
+                RecipeProblem(
+                    "",
+                    f"'{path}' is a folder, not a recipe file",
+                    hint=f"name the YAML file inside it, e.g. {path / 'recipe.yaml'}",
+                )
+            ]
+        )
     if not path.is_file():
         raise RecipeError(
             [RecipeProblem("", f"recipe file '{path}' does not exist", hint="check the path")]
         )
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            [
+                RecipeProblem(
+                    "",
+                    f"recipe file '{path}' is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                    f"at offset {exc.start})",
+                    hint="save the recipe as UTF-8 (YAML files are UTF-8 text)",
+                )
+            ]
+        ) from None
     try:
         data = safe_load(text)
     except yaml.YAMLError as exc:

@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from gradoctor.errors import UsageError
+
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,4 +25,13 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
+    """A JSON object from ``path``; UsageError naming the file when it is empty, truncated,
+    not JSON or not an object."""
+    fix = "it may have been cut short by a killed process; rerun the command that writes it"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"'{path}' is not valid JSON ({exc})", hint=fix) from None
+    if not isinstance(data, dict):
+        raise UsageError(f"'{path}' holds a JSON {type(data).__name__}, not an object", hint=fix)
+    return data

@@ -22,7 +22,7 @@ import yaml
 
 from gradoctor.distributed.aggregate import IntervalReducer, RankLedger, any_rank, global_norms
 from gradoctor.distributed.context import setup_distributed
-from gradoctor.errors import GradoctorError
+from gradoctor.errors import GradoctorError, RecipeError, RecipeProblem
 from gradoctor.monitors.grad_norms import GradNormRecorder, ParamIndex
 from gradoctor.monitors.instrument import StepView
 from gradoctor.monitors.interval import IntervalCollector
@@ -318,7 +318,18 @@ class Trainer:
     def _prepare_output_dir(self) -> None:
         if not self.main:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RecipeError(
+                [
+                    RecipeProblem(
+                        "output.dir",
+                        f"cannot create the output folder '{self.out_dir}': {exc.strerror or exc}",
+                        hint="choose a folder path that can be created (not a file, not under one)",
+                    )
+                ]
+            ) from None
         if self.state.start_step == 0:  # a fresh run replaces earlier events here
             for old in self.out_dir.glob("events.out.tfevents.*"):
                 old.unlink()

@@ -81,8 +81,15 @@ class TrainState:
         if self.fsdp:  # full state on every rank -> this rank's shards
             load_full_state_dicts(self.model, self.optimizer, state["model"], state["optimizer"])
         else:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            _check_optimizer(self.optimizer, state["optimizer"])
+            try:
+                self.model.load_state_dict(state["model"])
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise _mismatch(f"model ({type(self.model).__name__})", str(exc)) from None
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise _mismatch(f"optimizer ({type(self.optimizer).__name__})", str(exc)) from None
         if state["scaler"]:  # a disabled scaler's state is {}
             self.scaler.load_state_dict(state["scaler"])
         if self.scheduler is not None and state["scheduler"] is not None:
@@ -90,6 +97,30 @@ class TrainState:
         self.data.restore(state["data"])
         restore_rng(state["rng"])
         self.step = int(state["step"])
+
+
+def _mismatch(what: str, detail: str) -> UsageError:
+    lines = [line.strip() for line in detail.strip().splitlines() if line.strip()]
+    return UsageError(
+        f"the checkpoint does not match this recipe's {what}: " + " ".join(lines[:4]),
+        hint="resume with the recipe the run was trained with (the run folder keeps a copy, "
+        "recipe.yaml), or start a fresh run without --resume",
+    )
+
+
+def _check_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """A checkpoint of another optimizer class loads without error and fails at its first
+    step (an AdamW state in SGD: ``KeyError: 'momentum'``); its hyperparameter names tell.
+    Names only one side has (a newer torch adding one) are not a mismatch; both are."""
+    ours = set(optimizer.param_groups[0]) - {"params"} if optimizer.param_groups else set()
+    groups = saved.get("param_groups") or [{}]
+    theirs = set(groups[0]) - {"params"}
+    if ours - theirs and theirs - ours:
+        raise _mismatch(
+            f"optimizer ({type(optimizer).__name__})",
+            f"the checkpoint's optimizer has {', '.join(sorted(theirs - ours))}, this one "
+            f"has {', '.join(sorted(ours - theirs))}",
+        )
 
 
 def check_format(state: dict[str, Any]) -> None:

@@ -3,9 +3,12 @@ it leaves the run's numbers unchanged."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import gradoctor
+from gradoctor.errors import RecipeError
 from gradoctor.monitors.instrument import Instrument
 from gradoctor.recipe import load_recipe
 from gradoctor.training.loop import Trainer
@@ -66,3 +69,11 @@ def test_no_hooks_left_behind(recipe_factory):
     assert not trainer.state.optimizer._optimizer_step_post_hooks
     for m in model.modules():
         assert not m._forward_hooks and not m._forward_pre_hooks and not m._backward_hooks
+
+
+@pytest.mark.parametrize("under", ["afile", "afile/sub"])
+def test_an_output_dir_that_cannot_be_created_is_a_recipe_error(recipe_factory, tmp_path, under):
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(RecipeError) as err:
+        gradoctor.train(recipe_factory(**{"output.dir": str(tmp_path / under)}))
+    assert err.value.exit_code == 2 and "output.dir" in str(err.value)

@@ -47,3 +47,30 @@ def test_unknown_format_is_a_clear_error(change):
     with pytest.raises(UsageError) as err:
         make_state().load_state_dict(saved)
     assert f"format {CHECKPOINT_FORMAT}" in str(err.value)
+
+
+def test_a_changed_model_is_named_with_the_parameter():
+    saved = make_state().state_dict()
+    other = make_state(model=torch.nn.Linear(3, 5))
+    with pytest.raises(UsageError) as err:
+        other.load_state_dict(saved)
+    text = str(err.value)
+    assert "model (Linear)" in text and "weight" in text and "recipe.yaml" in text
+
+
+@pytest.mark.parametrize("other", [torch.optim.SGD, torch.optim.Adagrad])
+def test_a_checkpoint_of_another_optimizer_is_refused_before_it_breaks_a_step(other):
+    """Adam's state loads into SGD without error and fails at its first step (KeyError:
+    'momentum'): the hyperparameter names, different on both sides, tell it first."""
+    saved = make_state(optimizer=torch.optim.Adam).state_dict()
+    with pytest.raises(UsageError) as err:
+        make_state(optimizer=other).load_state_dict(saved)
+    assert f"optimizer ({other.__name__})" in str(err.value) and "betas" in str(err.value)
+
+
+def test_a_missing_hyperparameter_alone_is_not_a_mismatch():
+    """A checkpoint from a torch that lacked one newer hyperparameter still loads."""
+    saved = copy.deepcopy(make_state(optimizer=torch.optim.Adam).state_dict())
+    for group in saved["optimizer"]["param_groups"]:
+        group.pop("maximize")
+    make_state(optimizer=torch.optim.Adam).load_state_dict(saved)
