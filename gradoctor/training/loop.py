@@ -47,6 +47,7 @@ from gradoctor.training.progress import Reporter
 from gradoctor.training.recorder import Recorder
 from gradoctor.training.result import TrainResult, build_result
 from gradoctor.training.run_control import RunControl
+from gradoctor.training.run_lock import RunLock
 from gradoctor.training.step import StepConfig, TrainStep
 
 _NULL = contextlib.nullcontext()
@@ -107,13 +108,18 @@ class Trainer:
             self._launch += ["--resume", str(resume)]
         if self.dist is not None and self.dist.world_size > 1:
             self._launch += ["--nproc-per-node", str(self.dist.world_size)]
-        self._prepare_output_dir()
-        tb = TensorBoardSink(self.out_dir, enabled=recipe.output.tensorboard and self.main)
-        buffer = IntervalCollector(len(self.index), self.index.unpermute, self.device)
-        self.record = Recorder(self.index, buffer, history, tb, self.reporter, self.fp16)
-        self.instruments = default_instruments(
-            recipe, self.state, self.index, self.norms, self.memory, buffer, tb
-        )
+        self._lock = RunLock(self.out_dir)
+        self._prepare_output_dir()  # takes the folder's lock (main rank)
+        try:
+            tb = TensorBoardSink(self.out_dir, enabled=recipe.output.tensorboard and self.main)
+            buffer = IntervalCollector(len(self.index), self.index.unpermute, self.device)
+            self.record = Recorder(self.index, buffer, history, tb, self.reporter, self.fp16)
+            self.instruments = default_instruments(
+                recipe, self.state, self.index, self.norms, self.memory, buffer, tb
+            )
+        except BaseException:
+            self._lock.release()
+            raise
 
     @property
     def fp16(self) -> bool:
@@ -215,6 +221,7 @@ class Trainer:
                 with self.control.sigterm_as_interrupt():
                     result = self._finish(status, raised, time.perf_counter() - t0)
             finally:
+                self._lock.release()
                 if self.dist is not None:
                     self.dist.close()
         if raised is not None:
@@ -237,6 +244,7 @@ class Trainer:
                 self.guard.maybe_snapshot(self.state)
             every = self.recipe.train.checkpoint_every
             if every and self.state.step % every == 0:
+                self.flush()  # the checkpoint's history reaches its step: a resume has no gap
                 self.save()
 
     def _finish(self, status: str, raised: BaseException | None, duration: float) -> TrainResult:
@@ -330,6 +338,7 @@ class Trainer:
                     )
                 ]
             ) from None
+        self._lock.acquire()  # before anything in the folder is touched
         if self.state.start_step == 0:  # a fresh run replaces earlier events here
             for old in self.out_dir.glob("events.out.tfevents.*"):
                 old.unlink()

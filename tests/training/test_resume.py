@@ -104,3 +104,19 @@ def test_a_checkpoint_written_before_the_run_state_refactor_resumes_bitwise(reci
     assert resumed.start_step == 5
     assert resumed.history["loss"] == full.history["loss"]
     assert resumed.history["loss_scale"] == full.history["loss_scale"]
+
+
+def test_resume_from_a_periodic_checkpoint_has_no_gap(recipe_factory):
+    """checkpoint_every 7 with a log interval of 5: the run fails at step 9 (no final save),
+    so checkpoint.pt is step 7's; resumed, the history holds every step once, and the losses
+    are the uninterrupted run's (the interval is flushed before each periodic save)."""
+    base = {"train.checkpoint_every": 7, "diagnostics.every": 5, "train.steps": 12}
+    full = gradoctor.train(recipe_factory(**base))
+    failing = {**base, "model._component_": f"{MODELS}:OOMAtCall", "model.at": 9}
+    with pytest.raises(gradoctor.OutOfMemory) as err:
+        gradoctor.train(recipe_factory(**failing))
+    run = err.value.result.output_dir
+    resumed = gradoctor.train(recipe_factory(**base), resume=run)
+    assert resumed.start_step == 7
+    assert resumed.history["step"] == list(range(1, 13))
+    assert resumed.history["loss"] == full.history["loss"]
