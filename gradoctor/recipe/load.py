@@ -28,17 +28,34 @@ def safe_load(text: str) -> Any:
 
 def key_lines(text: str) -> dict[str, int]:
     """Map each dotted key path in a YAML document to its 1-based line number."""
+    return _scan_keys(text)[0]
+
+
+def duplicate_keys(text: str) -> list[tuple[str, int, int]]:
+    """``(dotted key, first line, repeated line)`` for each key given twice in one mapping."""
+    return _scan_keys(text)[1]
+
+
+def _scan_keys(text: str) -> tuple[dict[str, int], list[tuple[str, int, int]]]:
+    """One walk of the YAML node tree: key lines (the last one for a repeated key, as YAML
+    keeps the last value) and the repeated keys."""
     lines: dict[str, int] = {}
+    repeated: list[tuple[str, int, int]] = []
     try:
         root = yaml.compose(text, Loader=RecipeLoader)
     except yaml.YAMLError:
-        return lines
+        return lines, repeated
 
     def walk(node: Any, prefix: str) -> None:
         if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
             for key_node, value_node in node.value:
                 path = f"{prefix}.{key_node.value}" if prefix else str(key_node.value)
-                lines[path] = key_node.start_mark.line + 1
+                line = key_node.start_mark.line + 1
+                if path in seen:
+                    repeated.append((path, seen[path], line))
+                seen.setdefault(path, line)
+                lines[path] = line
                 walk(value_node, path)
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
@@ -46,7 +63,7 @@ def key_lines(text: str) -> dict[str, int]:
                 walk(item, f"{prefix}[{i}]")
 
     walk(root, "")
-    return lines
+    return lines, repeated
 
 
 def read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
@@ -92,6 +109,20 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
     if not isinstance(data, dict):
         raise RecipeError(
             [RecipeProblem("", f"a recipe is a YAML mapping, got {type(data).__name__}")],
+            source=str(path),
+        )
+    duplicates = duplicate_keys(text)
+    if duplicates:
+        raise RecipeError(
+            [
+                RecipeProblem(
+                    key,
+                    f"given twice (lines {first} and {second}); YAML would silently keep the last",
+                    line=second,
+                    hint="keep one of them",
+                )
+                for key, first, second in duplicates
+            ],
             source=str(path),
         )
     return data, key_lines(text)

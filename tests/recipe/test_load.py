@@ -19,3 +19,16 @@ def test_non_utf8_bytes_name_the_byte(tmp_path, raw):
     with pytest.raises(RecipeError) as err:
         load_recipe(path)
     assert "is not UTF-8 text" in str(err.value) and "byte 0x" in str(err.value)
+
+
+def test_a_key_given_twice_is_an_error_with_both_lines(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(
+        "model:\n  _component_: torch.nn.Linear\n  in_features: 4\n  in_features: 8\n"
+        "precision: fp32\nprecision: bf16\n"
+    )
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    text = str(err.value)
+    assert "model.in_features (line 4): given twice (lines 3 and 4)" in text
+    assert "precision (line 6): given twice (lines 5 and 6)" in text
