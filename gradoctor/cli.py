@@ -167,11 +167,10 @@ def check_grads(
     from gradoctor.gradcheck.api import check_file
     from gradoctor.report.gradcheck_console import render_report
 
-    report = _run(lambda: check_file(layer_file, cases=case, seed=seed, fast=fast))
+    report = _run(
+        lambda: check_file(layer_file, cases=case, seed=seed, fast=fast, json_path=json_path)
+    )
     render_report(report, Console())
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report.to_dict(), indent=2, default=str))
     if not report.passed:
         raise typer.Exit(1)
 

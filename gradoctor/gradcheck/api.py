@@ -25,6 +25,7 @@ from gradoctor.gradcheck.discovery import discover
 from gradoctor.gradcheck.result import FAIL, CaseResult, CheckResult, GradCheckReport
 from gradoctor.gradcheck.target import Target
 from gradoctor.recipe.components import user_frames
+from gradoctor.sinks.report_json import check_json_target, write_json_output
 
 CHECKS: list[Callable[[CheckContext], list[CheckResult]]] = [
     first_order.run,
@@ -108,9 +109,21 @@ def assert_grads_correct(fn_or_module: Any, inputs: Any = None, **options: Any) 
 
 
 def check_file(
-    path: str | Path, *, cases: list[str] | None = None, seed: int = 0, fast: bool = False
+    path: str | Path,
+    *,
+    cases: list[str] | None = None,
+    seed: int = 0,
+    fast: bool = False,
+    json_path: str | Path | None = None,
 ) -> GradCheckReport:
-    """Discover the cases of a layer file and check each. Raises UsageError (exit 2) for a
-    missing file, an import error, no cases or an unknown case name."""
+    """Discover the cases of a layer file and check each; with ``json_path``, also write
+    ``report.to_dict()`` there (the path is checked before anything runs). Raises UsageError
+    (exit 2) for a missing file, an import error, no cases, an unknown case name or a
+    ``json_path`` that cannot be written."""
+    if json_path is not None:
+        check_json_target(Path(json_path))
     found = discover(path, seed=seed, names=cases)
-    return GradCheckReport([run_case(c, seed=seed, fast=fast) for c in found], source=str(path))
+    report = GradCheckReport([run_case(c, seed=seed, fast=fast) for c in found], source=str(path))
+    if json_path is not None:
+        write_json_output(Path(json_path), report.to_dict())
+    return report

@@ -9,7 +9,6 @@ configuration.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from gradoctor.memory.result import CheckpointPlan, MemoryProfile, SelfCheck, Wh
 from gradoctor.memory.tracking import StepTrace, optimizer_tensors, unique_bytes
 from gradoctor.memory.units import format_bytes, parse_batch_sizes, parse_bytes
 from gradoctor.recipe import Recipe, load_recipe
+from gradoctor.sinks.report_json import check_json_target, write_json_output
 from gradoctor.training.activation_checkpointing import checkpoint_targets
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -121,7 +121,7 @@ def memory_profile(
     recipe does not run even at batch size 1 on the device).
     """
     if json_path is not None:
-        _check_json_path(Path(json_path))
+        check_json_target(Path(json_path))
     budget_bytes = parse_bytes(budget) if budget is not None else None
     sizes = parse_batch_sizes(batch_sizes)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -144,29 +144,9 @@ def memory_profile(
     return profile
 
 
-def _check_json_path(path: Path) -> None:
-    """Before anything runs: a path the profile can be written to (its folder is created)."""
-    if path.is_dir():
-        raise UsageError(
-            f"--json {path} is a directory", hint="give a file path, e.g. profile.json"
-        )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(
-            f"--json {path}: cannot create its folder ({exc.strerror or exc})",
-            hint="give a path whose parent is a folder you can write",
-        ) from exc
-
-
 def write_json(profile: MemoryProfile, path: str | Path) -> None:
     """``profile.to_dict()`` as JSON at ``path`` (parent folders created). Raises UsageError."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(profile.to_dict(), indent=2, default=str))
-    except OSError as exc:
-        raise UsageError(f"cannot write --json {path}: {exc.strerror or exc}") from exc
+    write_json_output(Path(path), profile.to_dict())
 
 
 def _load(recipe: Any, overrides: Any) -> Recipe:

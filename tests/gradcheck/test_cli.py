@@ -67,3 +67,13 @@ def test_unknown_case_exits_2():
 def test_fast_mode(tmp_path):
     code, text = invoke(BUGGY, "--case", "DoubledSin", "--fast")
     assert code == 1 and "constant factor" in text
+
+
+def test_an_unwritable_json_path_is_refused_before_anything_runs(tmp_path):
+    """A passing run is never turned into a failure by where its JSON goes: the path is
+    checked first (exit 2, no checking done)."""
+    (tmp_path / "afile").write_text("x")
+    for bad in (tmp_path / "afile" / "grads.json", tmp_path):
+        code, text = invoke(CORRECT, "--case", "CubeOnce", "--json", bad)
+        assert code == 2, text
+        assert "--json" in text and "CubeOnce" not in text  # refused before any case ran
