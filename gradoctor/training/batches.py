@@ -59,7 +59,14 @@ def compute_loss(
                 hint="yield (inputs, targets) from your data, or remove 'loss:' and return the loss from the model",
             )
         inputs, targets = batch
-        return loss_fn(model(inputs), targets)
+        loss = loss_fn(model(inputs), targets)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            raise UserCodeError(
+                f"the 'loss:' component returned {_describe(loss)}, not a scalar",
+                hint="use a reduction that gives one number (e.g. reduction='mean', the "
+                "default of torch.nn losses)",
+            )
+        return loss
     if isinstance(batch, Mapping):
         out = model(**batch)
     elif isinstance(batch, (list, tuple)):

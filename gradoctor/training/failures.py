@@ -51,12 +51,61 @@ def out_of_memory(exc: BaseException, step: int) -> OutOfMemory:
     )
 
 
-def user_error(exc: BaseException, step: int) -> UserCodeError:
-    """The user's exception, with only the user's own frames of its traceback."""
+def user_error(exc: BaseException, step: int, recipe: Recipe | None = None) -> UserCodeError:
+    """The user's exception, with only the user's own frames of its traceback, and a fix
+    where the raw PyTorch message has a cause users often hit (``mismatch_hint``)."""
     return UserCodeError(
         f"training step {step} raised {type(exc).__name__}: {exc}",
         user_traceback=user_frames(exc),
+        hint=mismatch_hint(exc, has_loss=recipe is not None and recipe.loss is not None),
     )
+
+
+_HINTS: list[tuple[type[BaseException], tuple[str, ...], bool | None, str]] = [
+    # (exception type, all of these in the message, needs a loss: block (None: either), fix)
+    (
+        TypeError,
+        ("must be Tensor, not tuple",),
+        True,
+        "the model returned a tuple where the loss wants a tensor: return the logits from "
+        "forward (e.g. out[0]), or remove 'loss:' and return the loss (or an object with .loss)",
+    ),
+    (
+        TypeError,
+        ("must be Tensor, not",),
+        True,
+        "the loss got something that is not a tensor from the model: return the logits tensor "
+        "from forward, or remove 'loss:' and return the loss yourself",
+    ),
+    (
+        (IndexError, RuntimeError),  # type: ignore[list-item]
+        ("out of bounds",),
+        None,
+        "a target holds a class index outside the model's outputs: the model's number of "
+        "outputs (e.g. out_features) must be the data's number of classes",
+    ),
+    (
+        TypeError,
+        ("positional argument",),
+        False,
+        "without a 'loss:' block a (inputs, targets) batch is passed as model(inputs, "
+        "targets): add a 'loss:' block (e.g. torch.nn.CrossEntropyLoss), or make forward take "
+        "the targets and return the loss",
+    ),
+]
+
+
+def mismatch_hint(exc: BaseException, has_loss: bool) -> str | None:
+    """A fix for the recipe/model mismatches behind common raw PyTorch errors, else None."""
+    text = str(exc)
+    for kinds, needles, needs_loss, fix in _HINTS:
+        if (
+            isinstance(exc, kinds)
+            and all(n in text for n in needles)
+            and (needs_loss is None or needs_loss == has_loss)
+        ):
+            return fix
+    return None
 
 
 def explain_oom(
@@ -80,4 +129,11 @@ def explain_oom(
         return None
 
 
-__all__ = ["ExplainOOM", "explain_oom", "interrupted", "out_of_memory", "user_error"]
+__all__ = [
+    "ExplainOOM",
+    "explain_oom",
+    "interrupted",
+    "mismatch_hint",
+    "out_of_memory",
+    "user_error",
+]

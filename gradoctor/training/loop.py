@@ -213,7 +213,7 @@ class Trainer:
         except GradoctorError as exc:
             status, raised = "failed", exc
         except Exception as exc:
-            status, raised = "failed", user_error(exc, self.state.step + 1)
+            status, raised = "failed", user_error(exc, self.state.step + 1, self.recipe)
         finally:
             if self.dist is not None and status != "completed":
                 raised = self.control.rank_outcome(status, raised)

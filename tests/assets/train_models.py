@@ -204,3 +204,10 @@ class LateMomentumSGD(torch.optim.SGD):
                     p.add_(buf, alpha=-group["lr"])
                 else:
                     p.add_(p.grad, alpha=-group["lr"])
+
+
+class TupleOut(Tiny):
+    """Tiny returning ``(logits, hidden)``, as many library models do."""
+
+    def forward(self, x):
+        return super().forward(x), x
