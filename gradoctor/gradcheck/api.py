@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from gradoctor.errors import UsageError
 from gradoctor.gradcheck.case import Case
 from gradoctor.gradcheck.checks import (
     batch_independence,
@@ -52,7 +53,9 @@ def default_devices() -> tuple[str, ...]:
 
 
 def run_case(case: Case, *, seed: int = 0, fast: bool = False) -> CaseResult:
-    """Every check on one case. Cost: see each check; the float64 Jacobian dominates."""
+    """Every check on one case. Cost: see each check; the float64 Jacobian dominates.
+    Raises UsageError for a case with nothing to differentiate (no float input or parameter,
+    or no float output): its checks could only pass vacuously."""
     start = time.perf_counter()
     try:
         target = Target(case, seed=seed)
@@ -61,9 +64,22 @@ def run_case(case: Case, *, seed: int = 0, fast: bool = False) -> CaseResult:
         frames = user_frames(exc).rstrip()
         check = CheckResult("forward", FAIL, f"raised {type(exc).__name__}: {exc}", notes=[frames])
         return CaseResult(case.name, [check], time.perf_counter() - start)
+    if not target.slots:
+        raise UsageError(
+            f"case '{case.name}' has no floating-point input or parameter: there is no gradient "
+            "to check, and every check would pass without proving anything",
+            hint="give the case float tensors as inputs (e.g. torch.randn(4, 3)); integer "
+            "inputs are not differentiated",
+        )
     ctx = CheckContext(
         case, target, seed=seed, n_probes=1 if fast else 2, fast=fast, devices=default_devices()
     )
+    if ctx.flat().m == 0:
+        raise UsageError(
+            f"case '{case.name}' returns no floating-point tensor (a Python number, integers, "
+            "nothing): there is no gradient to check",
+            hint="return the tensor output(s) whose gradients should be checked",
+        )
     results: list[CheckResult] = []
     for check in CHECKS:
         results += check(ctx)

@@ -84,3 +84,18 @@ def test_to_dict_is_json_and_complete():
 def test_inputs_required():
     with pytest.raises(gradoctor.UsageError):
         gradoctor.check_grads(torch.sin)
+
+
+@pytest.mark.parametrize(
+    ("fn", "inputs", "says"),
+    [
+        (lambda i: i * 2, (torch.arange(4),), "no floating-point input or parameter"),
+        (lambda x: float(x.detach().sum()), (torch.randn(4),), "returns no floating-point tensor"),
+        (lambda x: (x > 0).long(), (torch.randn(4),), "returns no floating-point tensor"),
+    ],
+    ids=["integer-inputs", "python-number", "integer-output"],
+)
+def test_nothing_to_differentiate_is_a_usage_error_not_a_pass(fn, inputs, says):
+    with pytest.raises(gradoctor.UsageError) as err:
+        gradoctor.check_grads(fn, inputs)
+    assert says in str(err.value) and err.value.exit_code == 2
