@@ -250,6 +250,24 @@ def _check_distributed(
         )
 
 
+def _check_output_dir(output: Any, name: str, out: _Collector) -> None:
+    """``output.dir`` (relative to the working folder, as a run uses it) must not be, or lie
+    under, an existing file. Host-side path checks only; nothing is created."""
+    raw = getattr(output, "dir", None)
+    if not isinstance(raw, str):
+        return
+    path = Path(raw.replace("{recipe}", name))
+    for part in (path, *path.parents):
+        if part.exists():
+            if not part.is_dir():
+                out.add(
+                    "output.dir",
+                    f"'{path}' cannot be created: '{part}' is a file",
+                    hint="choose a folder path that can be created (not a file, not under one)",
+                )
+            return
+
+
 def build_recipe(
     data: dict[str, Any],
     *,
@@ -293,6 +311,7 @@ def build_recipe(
         sections["distributed"] = None  # absent: single process (or ddp when under torchrun)
     else:
         _check_distributed(sections["distributed"], sections["train"], precision, out)
+    _check_output_dir(sections.get("output"), name, out)
     if out.problems:
         raise RecipeError(out.problems, source=source)
     recipe = Recipe(

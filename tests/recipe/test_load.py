@@ -32,3 +32,14 @@ def test_a_key_given_twice_is_an_error_with_both_lines(tmp_path):
     text = str(err.value)
     assert "model.in_features (line 4): given twice (lines 3 and 4)" in text
     assert "precision (line 6): given twice (lines 5 and 6)" in text
+
+
+@pytest.mark.parametrize("under", ["afile", "afile/sub"])
+def test_validate_refuses_an_output_dir_that_is_a_file(tmp_path, under):
+    import gradoctor
+    from tests.conftest import base_recipe
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(RecipeError) as err:
+        gradoctor.validate(base_recipe(tmp_path / under))
+    assert "output.dir" in str(err.value) and "is a file" in str(err.value)
