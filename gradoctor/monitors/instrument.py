@@ -103,7 +103,8 @@ class StepOutcome:
 
 class Instrument:
     """Base class: every hook is a no-op, every context a ``nullcontext``. Override what the
-    instrument needs; ``name`` labels it in the cost table (``bench/overhead.py``)."""
+    instrument needs in a subclass (the step enters a context point only for instruments
+    whose class overrides it); ``name`` labels it in the cost table (``bench/overhead.py``)."""
 
     name = "instrument"
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from gradoctor.distributed.wrap import no_sync
-from gradoctor.monitors.grad_norms import GradNormRecorder
+from gradoctor.monitors.grad_norms import GradNormRecorder, ParamIndex
 from gradoctor.monitors.instrument import Instrument, StepOutcome, StepView
 from gradoctor.recipe.schema import Recipe
 from gradoctor.torch_private import found_inf_total, takes_found_inf
@@ -119,8 +119,6 @@ class TrainStep:
         norm_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
         fetch: Callable[[], Any] | None = None,
     ):
-        from gradoctor.monitors.grad_norms import ParamIndex
-
         self.state = state
         self.config = config
         self.norms = norms or GradNormRecorder(ParamIndex(state.model), state.device)
