@@ -5,7 +5,8 @@ being measured (±10-25% spread for a 1% cost). On CPU the instruments' device w
 synchronous, so the time spent inside an instrument's hooks *is* its cost: this wraps every
 hook of every instrument in ``trainer.instruments`` (and the contexts' enter/exit; the
 activation sampler's forward hooks too), the recorder's flush (its own share, without the
-instruments' flush hooks), the guard's snapshot, and times a run of ``steps`` steps. The norm
+instruments' flush hooks), the guard's snapshot, the step start a failed step is undone
+to (``rewind mark``), and times a run of ``steps`` steps. The norm
 pass, triggered by ``GradNormTracker.after_unscale`` but shared with clipping, is
 attributed to ``grad_norms``. Not included: the memory monitor's saved-tensor pack hook
 (inside the forward of memory steps only: steps 1, 2 and every 100) and the step machinery
@@ -98,6 +99,9 @@ def instrument(trainer: Any) -> dict[str, float]:
     trainer.guard.maybe_snapshot = _timed(
         trainer.guard.maybe_snapshot, functools.partial(_add, totals, "snapshot")
     )
+    rewind = trainer.stepper.rewind
+    if rewind is not None:  # the step start a failed step is undone to (every step)
+        rewind.mark = _timed(rewind.mark, functools.partial(_add, totals, "rewind mark"))
     return totals
 
 

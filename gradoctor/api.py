@@ -13,7 +13,11 @@ from gradoctor.training.result import TrainResult
 
 
 def make_trainer(
-    recipe: Recipe, *, reporter: Reporter | None = None, resume: str | Path | None = None
+    recipe: Recipe,
+    *,
+    reporter: Reporter | None = None,
+    resume: str | Path | None = None,
+    overwrite: bool = False,
 ) -> Trainer:
     """A ``Trainer`` with the triage rules and the OOM explainer attached (what ``train``
     runs; the distributed test workers and the benchmarks build theirs here too)."""
@@ -26,6 +30,7 @@ def make_trainer(
         resume=Path(resume) if resume is not None else None,
         triage=diagnose_run,
         explain_oom=oom_diagnosis,
+        overwrite=overwrite,
     )
 
 
@@ -33,6 +38,7 @@ def train(
     recipe: str | Path | dict[str, Any] | Recipe,
     *,
     resume: str | Path | None = None,
+    overwrite: bool = False,
     reporter: Reporter | None = None,
     cli_overrides: list[str] | None = None,
     **overrides: Any,
@@ -41,7 +47,9 @@ def train(
 
     ``overrides`` change recipe keys: ``train(r, precision="bf16", train={"steps": 20})`` or
     ``train(r, train__steps=20)``; ``cli_overrides`` takes ``["train.steps=20"]`` strings.
-    ``resume`` is a run folder (or checkpoint file) to continue from. Silent unless a
+    ``resume`` is a run folder (or checkpoint file) to continue from. A fresh run into a
+    folder that holds a previous run's outputs raises UsageError unless ``overwrite`` (which
+    deletes them first). Silent unless a
     ``reporter`` is given. Raises RecipeError (bad recipe), UserCodeError (your code raised),
     TrainingInterrupted (Ctrl-C) or OutOfMemory; each carries ``.result`` once training began.
     """
@@ -51,7 +59,7 @@ def train(
     loaded = load_recipe(recipe, cli_overrides or None)
     if merged:
         loaded = load_recipe(loaded, merged)
-    return make_trainer(loaded, reporter=reporter, resume=resume).run()
+    return make_trainer(loaded, reporter=reporter, resume=resume, overwrite=overwrite).run()
 
 
 def validate(

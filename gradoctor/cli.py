@@ -75,6 +75,12 @@ def train(
     resume: Annotated[
         Path | None, typer.Option(help="Continue from a run folder (or its checkpoint.pt).")
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Replace a previous run's outputs in output.dir (refused without it, exit 2)."
+        ),
+    ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No progress bar or report.")
     ] = False,
@@ -98,6 +104,7 @@ def train(
                 nproc_per_node,
                 overrides or [],
                 resume=resume,
+                overwrite=overwrite,
                 quiet=quiet,
                 fail_on=fail_on.value,
             )
@@ -112,7 +119,13 @@ def train(
 
     reporter = Reporter() if quiet else ConsoleReporter()
     result = _run(
-        lambda: train_api(recipe, resume=resume, reporter=reporter, cli_overrides=overrides or [])
+        lambda: train_api(
+            recipe,
+            resume=resume,
+            overwrite=overwrite,
+            reporter=reporter,
+            cli_overrides=overrides or [],
+        )
     )
     if at_or_above(result.diagnoses, fail_on.value):
         raise typer.Exit(3)

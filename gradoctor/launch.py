@@ -23,6 +23,7 @@ from pathlib import Path
 from gradoctor.api import load_report, validate
 from gradoctor.diagnose.types import at_or_above
 from gradoctor.errors import UsageError
+from gradoctor.training.run_folder import claim_run_folder, previous_outputs
 
 # The folder that holds gradoctor/, put on the workers' PYTHONPATH.
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,7 @@ def torchrun_command(
     overrides: list[str],
     *,
     resume: Path | None = None,
+    overwrite: bool = False,
     quiet: bool = False,
 ) -> list[str]:
     """The torchrun command line that runs ``gradoctor train`` on ``nproc_per_node`` ranks."""
@@ -52,6 +54,8 @@ def torchrun_command(
     ]
     if resume is not None:
         cmd.append(f"--resume={resume}")
+    if overwrite:
+        cmd.append("--overwrite")
     if quiet:
         cmd.append("--quiet")
     return cmd
@@ -63,6 +67,7 @@ def launch(
     overrides: list[str],
     *,
     resume: Path | None = None,
+    overwrite: bool = False,
     quiet: bool = False,
     fail_on: str = "never",
 ) -> int:
@@ -75,11 +80,15 @@ def launch(
             hint="use either torchrun ... -m gradoctor train, or --nproc-per-node, not both",
         )
     loaded = validate(recipe, overrides)  # RecipeError (exit 2) before any process starts
+    if resume is None and not overwrite and previous_outputs(loaded.output_dir()):
+        claim_run_folder(loaded.output_dir(), overwrite=False)  # the refusal, before torchrun
     report_path = loaded.output_dir() / "report.json"
     started = report_path.stat().st_mtime_ns if report_path.exists() else None
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_PACKAGE_ROOT), env.get("PYTHONPATH")]))
-    cmd = torchrun_command(recipe, nproc_per_node, overrides, resume=resume, quiet=quiet)
+    cmd = torchrun_command(
+        recipe, nproc_per_node, overrides, resume=resume, overwrite=overwrite, quiet=quiet
+    )
     process = subprocess.Popen(cmd, env=env)
     while True:
         try:

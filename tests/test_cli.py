@@ -208,9 +208,9 @@ def test_train_user_error_exits_1_with_their_line_and_a_failed_report(cli, tmp_p
     assert report["steps_completed"] == 2
     assert "boom in forward" in report["error"]
     assert report["history"]["step"] == [1, 2]
-    assert not (
-        tmp_path / "runs" / "recipe" / "checkpoint.pt"
-    ).exists()  # no checkpoint of a failed run
+    # the failing step is undone: the checkpoint is of the last completed step, to resume from
+    assert torch.load(tmp_path / "runs" / "recipe" / "checkpoint.pt")["step"] == 2
+    assert "--resume" in out
 
 
 # ----------------------------------------------------------------------------- report

@@ -31,8 +31,12 @@ class DataStream:
         self.index = 0  # batches consumed in the current epoch
         self._epoch_rng: dict[str, Any] | None = None
         self._it: Iterator[Any] | None = None
+        self._rewound: dict[str, Any] | None = None
 
     def next(self) -> Any:
+        if self._rewound is not None:  # re-read from the position a failed step began at
+            position, self._rewound = self._rewound, None
+            self.restore(position)
         if self._it is None:
             self._epoch_rng = capture_rng()
             if self._set_epoch is not None:
@@ -53,7 +57,14 @@ class DataStream:
         return batch
 
     def state(self) -> dict[str, Any]:
+        if self._rewound is not None:
+            return self._rewound
         return {"epoch": self.epoch, "index": self.index, "epoch_rng": self._epoch_rng}
+
+    def rewind(self, position: dict[str, Any]) -> None:
+        """Go back to ``position`` (a ``state()`` of this stream): ``state()`` returns it at
+        once; the iterator is rebuilt there only if another batch is asked for."""
+        self._rewound = position
 
     def restore(self, state: dict[str, Any]) -> None:
         """Rebuild the iterator at ``state``'s position; the global RNG is left as it was."""

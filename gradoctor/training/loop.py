@@ -3,7 +3,8 @@
 Reads top to bottom: ``Trainer(recipe)`` builds the run state (``TrainState``), the one step
 (``TrainStep``), the instruments and the record; ``step()`` runs one optimizer step with the
 instruments attached; ``run()`` loops, flushes once per log interval and always finishes
-with the report written, the events flushed and (unless the run failed) a checkpoint saved.
+with the report written, the events flushed and a checkpoint of the last completed step saved
+(a failed run: when its failing step could be undone, see ``training/rewind.py``).
 
 Host<->device syncs: one per log interval (``Recorder.flush``), one per histogram interval,
 and the one ``GradScaler.step`` makes itself under fp16. Nothing per layer.
@@ -46,8 +47,11 @@ from gradoctor.training.instruments import default_instruments
 from gradoctor.training.progress import Reporter
 from gradoctor.training.recorder import Recorder
 from gradoctor.training.result import TrainResult, build_result
+from gradoctor.training.rewind import Rewind
 from gradoctor.training.run_control import RunControl
+from gradoctor.training.run_folder import claim_run_folder
 from gradoctor.training.run_lock import RunLock
+from gradoctor.training.schedule_rehearsal import rehearse_schedule
 from gradoctor.training.step import StepConfig, TrainStep
 
 _NULL = contextlib.nullcontext()
@@ -58,7 +62,8 @@ Triage = Callable[[History, list[dict[str, Any]], torch.nn.Module, list[str], Re
 
 class Trainer:
     """One run of a recipe. ``resume`` is a run folder (or checkpoint file) to continue from;
-    ``triage`` and ``explain_oom`` turn the run into diagnoses (``gradoctor.api`` passes
+    ``overwrite`` lets a fresh run replace a previous run's outputs in its folder (else
+    refused, see ``training/run_folder.py``); ``triage`` and ``explain_oom`` turn the run into diagnoses (``gradoctor.api`` passes
     the rules and the memory planner; without them the report has no diagnoses)."""
 
     def __init__(
@@ -69,10 +74,12 @@ class Trainer:
         resume: Path | None = None,
         triage: Triage | None = None,
         explain_oom: ExplainOOM | None = None,
+        overwrite: bool = False,
     ):
         self.recipe = recipe
         self.out_dir = recipe.output_dir()
         self._triage, self._explain_oom = triage, explain_oom
+        self._overwrite = overwrite  # a fresh run may replace a previous run's outputs
         # Distributed (torchrun, or a `distributed:` block): this rank's context, else None.
         self.dist = setup_distributed(recipe.distributed, recipe.train.device)
         self.main = self.dist is None or self.dist.is_main  # rank 0 writes every output
@@ -90,6 +97,8 @@ class Trainer:
             StepConfig.from_recipe(recipe, strategy),
             norms=self.norms,
             norm_reduce=global_norms if self.fsdp else None,  # FSDP clips by global norms
+            # a failed step is undone and the last completed one checkpointed (one process)
+            rewind=Rewind(self.state) if self.dist is None else None,
         )
         self.memory = MemoryMonitor(self.device, self.index.params)
         self.guard = NonFiniteGuard(
@@ -210,10 +219,13 @@ class Trainer:
                 self._explain_oom, self.state, self.recipe, exc, self._launch
             )
             status, raised = "failed", out_of_memory(exc, self.state.step + 1)
+            self._undo_failed_step()
         except GradoctorError as exc:
             status, raised = "failed", exc
+            self._undo_failed_step()
         except Exception as exc:
             status, raised = "failed", user_error(exc, self.state.step + 1, self.recipe)
+            self._undo_failed_step()
         finally:
             if self.dist is not None and status != "completed":
                 raised = self.control.rank_outcome(status, raised)
@@ -229,8 +241,17 @@ class Trainer:
             raise raised
         return result
 
+    def _undo_failed_step(self) -> None:
+        """A step that failed before its optimizer step began is undone (data position,
+        RNGs, buffers), so the run ends at the last completed step and is checkpointed."""
+        rewind = self.stepper.rewind
+        if self._mid_step and rewind is not None and not self.stepper.update_began:
+            if rewind.undo():
+                self._mid_step = False
+
     def _train(self) -> None:
         steps = self.recipe.train.steps
+        rehearse_schedule(self.state.scheduler, self.state.optimizer, self.state.step, steps)
         self.reporter.on_start(self._info())
         self.record.interval_start = time.perf_counter()
         self.guard.maybe_snapshot(self.state)
@@ -257,6 +278,8 @@ class Trainer:
         if status in ("completed", "stopped") or (status == "interrupted" and not self._mid_step):
             if not (self.fsdp and self.control.dist_broken):  # FSDP's save gathers from every rank
                 self.save()  # never a checkpoint of a half-done step
+        elif status == "failed" and self.dist is None:
+            self._save_failed(raised)
         self._undo_checkpointing()
         self.stepper.close()
         result = self.result(
@@ -317,6 +340,35 @@ class Trainer:
             state["history"] = self.history.to_dict()
             save_checkpoint(self.out_dir / CHECKPOINT_NAME, state)
 
+    def _save_failed(self, raised: BaseException | None) -> bool:
+        """A failed run's checkpoint: of the last completed step, when the failing step was
+        undone (or the failure came between steps); the error's fix says how to resume."""
+        if not isinstance(raised, GradoctorError) or self.state.step == 0:
+            return False
+        if self._mid_step:
+            earlier = (self.out_dir / CHECKPOINT_NAME).is_file()
+            note = (
+                f"step {self.state.step + 1} failed after its optimizer step had changed the "
+                "weights, so no checkpoint of it was written"
+                + (
+                    "; an earlier checkpoint (train.checkpoint_every) is in the run folder"
+                    if earlier
+                    else ""
+                )
+            )
+            raised.hint = f"{raised.hint}; {note}" if raised.hint else note
+            return False
+        try:
+            self.save()
+        except Exception:  # the report matters more: never hide the user's error
+            return False
+        resume = (
+            f"after the fix, continue from step {self.state.step} (checkpoint saved) with "
+            f"--resume {self.out_dir}"
+        )
+        raised.hint = f"{raised.hint}; {resume}" if raised.hint else resume
+        return True
+
     def _restore(self, checkpoint: dict[str, Any]) -> History:
         self.state.load_state_dict(checkpoint)
         self.state.start_step = self.state.step
@@ -339,9 +391,12 @@ class Trainer:
                 ]
             ) from None
         self._lock.acquire()  # before anything in the folder is touched
-        if self.state.start_step == 0:  # a fresh run replaces earlier events here
-            for old in self.out_dir.glob("events.out.tfevents.*"):
-                old.unlink()
+        if self.state.start_step == 0:
+            try:
+                claim_run_folder(self.out_dir, overwrite=self._overwrite)
+            except BaseException:
+                self._lock.release()
+                raise
 
     def _info(self) -> dict[str, Any]:
         return {

@@ -28,6 +28,7 @@ from gradoctor.recipe.schema import Recipe
 from gradoctor.torch_private import found_inf_total, takes_found_inf
 from gradoctor.training.batches import batch_size, compute_loss, to_device
 from gradoctor.training.precision import autocast
+from gradoctor.training.rewind import Rewind
 from gradoctor.training.state import TrainState
 
 _NULL = contextlib.nullcontext()
@@ -108,7 +109,8 @@ class TrainStep:
     ``norms``: the per-parameter gradient-norm recorder that clipping and instruments share
     (built over the state's model when not given). ``norm_reduce``: FSDP's local->global
     norms for clipping. ``fetch``: returns the next host batch (default: the state's data
-    stream)."""
+    stream). ``rewind``: marked at each step start, so that a step that fails before
+    ``update_began`` can be undone."""
 
     def __init__(
         self,
@@ -118,8 +120,11 @@ class TrainStep:
         norms: GradNormRecorder | None = None,
         norm_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
         fetch: Callable[[], Any] | None = None,
+        rewind: Rewind | None = None,
     ):
         self.state = state
+        self.rewind = rewind  # marked at every step start (the loop's failure checkpoint)
+        self.update_began = False  # the parameters may have changed: the step cannot be undone
         self.config = config
         self.norms = norms or GradNormRecorder(ParamIndex(state.model), state.device)
         self.norm_reduce = norm_reduce
@@ -157,6 +162,9 @@ class TrainStep:
             accum_steps=cfg.accum_steps,
             norms=self.norms,
         )
+        self.update_began = False
+        if self.rewind is not None:
+            self.rewind.mark()
         active = [i for i in instruments if i.active(view.step)]
         for inst in active:
             inst.step_start(view)
@@ -227,6 +235,7 @@ class TrainStep:
                 skipped = True
             else:
                 self._stepped = False
+                self.update_began = True
                 s.scaler.step(s.optimizer)
                 skipped = self._was_skipped()
                 s.scaler.update()

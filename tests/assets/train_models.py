@@ -211,3 +211,81 @@ class TupleOut(Tiny):
 
     def forward(self, x):
         return super().forward(x), x
+
+
+class FailingData:
+    """``fixed_data`` (shuffled) that raises ``OSError`` when batch number ``at_batch`` (1-based,
+    counted over the run) is fetched; ``at_batch: 0`` never raises (the fixed data set)."""
+
+    def __init__(self, at_batch: int = 4, batch_size: int = 8):
+        self.loader = fixed_data(batch_size=batch_size, shuffle=True)
+        self.at_batch, self.count = at_batch, 0
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.count += 1
+            if self.count == self.at_batch:
+                raise OSError("read error on shard 3 (simulated)")
+            yield batch
+
+
+class _RaiseInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, fail):
+        ctx.fail = fail
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.fail:
+            raise RuntimeError("custom backward failed (simulated)")
+        return grad, None
+
+
+class FailingNorm(nn.Module):
+    """Linear -> BatchNorm1d -> ReLU -> Dropout(0.3) -> Linear, whose forward call number ``at``
+    raises after BatchNorm and dropout ran (their running statistics and the RNG have moved);
+    ``where: backward`` raises in that call's backward instead. ``at: 0`` never raises."""
+
+    def __init__(self, at: int = 4, where: str = "forward"):
+        super().__init__()
+        self.fc = nn.Linear(8, 16)
+        self.norm = nn.BatchNorm1d(16)
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(16, 3)
+        self.at, self.where, self.calls = at, where, 0
+
+    def forward(self, x):
+        self.calls += 1
+        h = self.drop(torch.relu(self.norm(self.fc(x))))
+        fail = self.calls == self.at
+        if fail and self.where == "forward":
+            raise ValueError("shape check failed in forward (simulated)")
+        return self.head(_RaiseInBackward.apply(h, fail and self.where == "backward"))
+
+
+class FailingSGD(torch.optim.SGD):
+    """SGD whose step number ``at`` raises after it has updated the weights."""
+
+    def __init__(self, params, lr=1e-2, at=3):
+        super().__init__(params, lr=lr)
+        self.at, self.calls = at, 0
+
+    def step(self, closure=None):
+        super().step(closure)
+        self.calls += 1
+        if self.calls == self.at:
+            raise RuntimeError("optimizer failed after its update (simulated)")
+
+
+class FailingScheduler(torch.optim.lr_scheduler.LambdaLR):
+    """A constant schedule whose own code raises at its ``at``-th step (counted from 1)."""
+
+    def __init__(self, optimizer, at: int = 6):
+        self.at = at
+        super().__init__(optimizer, lambda epoch: 1.0)
+
+    def step(self, epoch=None):
+        if self.last_epoch + 1 == self.at:
+            raise ZeroDivisionError("warm-up ratio divided by zero (simulated)")
+        super().step(epoch)

@@ -68,10 +68,10 @@ def test_histograms_are_nan_safe(recipe_factory):
     assert result.skipped_steps == [4]
 
 
-def test_fresh_run_replaces_old_events(recipe_factory):
+def test_overwrite_replaces_old_events(recipe_factory):
     recipe = recipe_factory(**{"train.steps": 3, "diagnostics.every": 1})
     gradoctor.train(recipe)
-    result = gradoctor.train(recipe)
+    result = gradoctor.train(recipe, overwrite=True)
     from pathlib import Path
 
     assert len(list(Path(result.output_dir).glob("events.out.tfevents.*"))) == 1

@@ -6,6 +6,7 @@ import yaml
 from typer.testing import CliRunner
 
 from gradoctor.cli import app
+from gradoctor.training.checkpoint_io import load_checkpoint
 from tests.conftest import MODELS, base_recipe
 
 
@@ -24,7 +25,9 @@ def test_oom_exits_4_with_report_and_memory_diagnosis(tmp_path):
     assert memory["severity"] == "error" and memory["fix"] and memory["steps"] == [3]
     # The failing batch is read from the training step's frame (training/step.py).
     assert memory["evidence"]["batch_size"] == 8 and memory["evidence"]["activations_estimate"]
-    # The TensorBoard events are flushed; no checkpoint of the half-done step is saved.
+    # The TensorBoard events are flushed; the half-done step is undone and the last completed
+    # one checkpointed, so the run resumes after the fix.
     run = tmp_path / "run"
     assert len(list(run.glob("events.out.tfevents.*"))) == 1
-    assert not (run / "checkpoint.pt").exists()
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 2
+    assert f"--resume {run}" in " ".join(result.output.split())

@@ -107,13 +107,19 @@ def test_a_checkpoint_written_before_the_run_state_refactor_resumes_bitwise(reci
 
 
 def test_resume_from_a_periodic_checkpoint_has_no_gap(recipe_factory):
-    """checkpoint_every 7 with a log interval of 5: the run fails at step 9 (no final save),
-    so checkpoint.pt is step 7's; resumed, the history holds every step once, and the losses
+    """checkpoint_every 7 with a log interval of 5: the run fails at step 9 after its update
+    began (no failure checkpoint), so checkpoint.pt is step 7's; resumed, the history holds every step once, and the losses
     are the uninterrupted run's (the interval is flushed before each periodic save)."""
     base = {"train.checkpoint_every": 7, "diagnostics.every": 5, "train.steps": 12}
+    failing = {
+        **base,
+        "optimizer._component_": f"{MODELS}:FailingSGD",
+        "optimizer.at": 9,
+        "optimizer.lr": 1e-2,
+    }
+    base = {**base, "optimizer._component_": f"{MODELS}:FailingSGD", "optimizer.at": 0}
     full = gradoctor.train(recipe_factory(**base))
-    failing = {**base, "model._component_": f"{MODELS}:OOMAtCall", "model.at": 9}
-    with pytest.raises(gradoctor.OutOfMemory) as err:
+    with pytest.raises(gradoctor.UserCodeError) as err:
         gradoctor.train(recipe_factory(**failing))
     run = err.value.result.output_dir
     resumed = gradoctor.train(recipe_factory(**base), resume=run)
