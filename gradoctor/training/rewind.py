@@ -27,6 +27,21 @@ import torch
 
 from gradoctor.training.state import TrainState
 
+RECHECK = 50  # steps between two checks that the step still draws nothing from Python/NumPy
+
+
+def _host_rngs() -> tuple[Any, Any]:
+    return random.getstate(), np.random.get_state()
+
+
+def _same(a: tuple[Any, Any], b: tuple[Any, Any]) -> bool:
+    (py_a, np_a), (py_b, np_b) = a, b
+    return (
+        py_a == py_b
+        and np.array_equal(np_a[1], np_b[1])
+        and all(x == y for i, (x, y) in enumerate(zip(np_a, np_b)) if i != 1)
+    )
+
 
 class Rewind:
     """The start of the current step of ``state`` (one per run)."""
@@ -42,6 +57,10 @@ class Rewind:
         self._copies = [torch.empty_like(t) for t in self._buffers]
         self._data: dict[str, Any] | None = None
         self._rng: tuple[Any, ...] | None = None
+        self._host: tuple[Any, Any] | None = None  # Python's and NumPy's, when kept
+        self._probe: tuple[Any, Any] | None = None  # the last step start's, to compare
+        self._marks = 0
+        self.host_draws = False  # a step was seen drawing from Python's or NumPy's RNG
 
     def mark(self) -> None:
         """Remember this moment (the start of a step)."""
@@ -49,7 +68,15 @@ class Rewind:
         cuda = None
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             cuda = torch.cuda.get_rng_state_all()
-        self._rng = (random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda)
+        self._rng = (torch.get_rng_state(), cuda)
+        checking = self._probe is not None
+        self._host = None
+        if self.host_draws or checking or self._marks % RECHECK == 0:
+            self._host = _host_rngs()
+            if checking and not self.host_draws and not _same(self._probe, self._host):
+                self.host_draws = True  # from now on kept at every step start
+            self._probe = None if checking or self.host_draws else self._host
+        self._marks += 1
         if self._buffers:
             torch._foreach_copy_(self._copies, self._buffers)
 
@@ -58,9 +85,10 @@ class Rewind:
         False when there was none."""
         if self._data is None or self._rng is None:
             return False
-        py, np_state, cpu, cuda = self._rng
-        random.setstate(py)
-        np.random.set_state(np_state)
+        cpu, cuda = self._rng
+        if self._host is not None:
+            random.setstate(self._host[0])
+            np.random.set_state(self._host[1])
         torch.set_rng_state(cpu)
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)

@@ -244,11 +244,13 @@ class _RaiseInBackward(torch.autograd.Function):
 
 class FailingNorm(nn.Module):
     """Linear -> BatchNorm1d -> ReLU -> Dropout(0.3) -> Linear, whose forward call number ``at``
-    raises after BatchNorm and dropout ran (their running statistics and the RNG have moved);
+    raises after BatchNorm and dropout ran (their running statistics and the RNG have moved;
+    ``host_rng``: Python's and NumPy's RNGs too);
     ``where: backward`` raises in that call's backward instead. ``at: 0`` never raises."""
 
-    def __init__(self, at: int = 4, where: str = "forward"):
+    def __init__(self, at: int = 4, where: str = "forward", host_rng: bool = False):
         super().__init__()
+        self.host_rng = host_rng  # also scale by draws from Python's and NumPy's RNGs
         self.fc = nn.Linear(8, 16)
         self.norm = nn.BatchNorm1d(16)
         self.drop = nn.Dropout(0.3)
@@ -258,6 +260,12 @@ class FailingNorm(nn.Module):
     def forward(self, x):
         self.calls += 1
         h = self.drop(torch.relu(self.norm(self.fc(x))))
+        if self.host_rng:
+            import random
+
+            import numpy as np
+
+            h = h * (1 + 0.1 * random.random() + 0.1 * float(np.random.rand()))
         fail = self.calls == self.at
         if fail and self.where == "forward":
             raise ValueError("shape check failed in forward (simulated)")

@@ -23,6 +23,10 @@ FAILING = {  # (recipe changes that fail at a step, the key that turns the failu
         {"model._component_": f"{MODELS}:FailingNorm", "model.at": 4},
         "model.at",
     ),
+    "forward-drawing-from-python-and-numpy-rngs": (
+        {"model._component_": f"{MODELS}:FailingNorm", "model.at": 4, "model.host_rng": True},
+        "model.at",
+    ),
     "custom-backward": (
         {"model._component_": f"{MODELS}:FailingNorm", "model.at": 4, "model.where": "backward"},
         "model.at",
