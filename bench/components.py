@@ -43,3 +43,10 @@ def resnet50(num_classes=1000):
     import torchvision
 
     return torchvision.models.resnet50(num_classes=num_classes)
+
+
+def resnet18(num_classes=1000):
+    """torchvision's ResNet-18 (needs torchvision)."""
+    import torchvision
+
+    return torchvision.models.resnet18(num_classes=num_classes)

@@ -43,6 +43,8 @@ done
 section "NaN replay cost vs a normal step" &&
   timeout 90 python bench/replay_cost.py --gpu 2>&1 | grep -v "^\s*$" | tail -n 4
 
+section "HVP cost vs a gradient (curvature)" &&
+  timeout 120 python bench/hvp_cost.py --gpu --rounds 7 2>&1 | tail -n 6
 
 [ -f bench/checkgrads_speed.py ] && section "check-grads speed" &&
   timeout 60 python bench/checkgrads_speed.py 2>&1 | tail -n 12

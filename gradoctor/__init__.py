@@ -7,6 +7,8 @@ Python API (the CLI calls these):
 - ``gradoctor.load_recipe(recipe, overrides) -> Recipe``
 - ``gradoctor.load_report(run_dir) -> TrainResult``
 - ``gradoctor.memory_profile(recipe, ...) -> MemoryProfile``
+- ``gradoctor.curvature(recipe, ...) -> CurvatureResult`` and
+  ``gradoctor.hessian_spectrum(model, loss_fn, batches, ...) -> CurvatureResult``
 - ``gradoctor.check_grads(fn_or_module, inputs) -> CaseResult`` (and ``assert_grads_correct``)
 
 The names that need torch load on first use (PEP 562), so ``import gradoctor.cli`` and
@@ -33,6 +35,8 @@ from gradoctor.version import __version__
 if TYPE_CHECKING:  # the same names, for type checkers and the import graph
     from gradoctor.api import load_report, train, validate
     from gradoctor.gradcheck import Case, assert_grads_correct, check_grads
+    from gradoctor.hessian import CurvatureResult, hessian_spectrum
+    from gradoctor.hessian.recipe_curvature import curvature
     from gradoctor.memory import memory_profile
     from gradoctor.recipe import Recipe, load_recipe
     from gradoctor.training.result import TrainResult
@@ -45,6 +49,9 @@ _LAZY = {
     "assert_grads_correct": "gradoctor.gradcheck",
     "check_grads": "gradoctor.gradcheck",
     "memory_profile": "gradoctor.memory",
+    "curvature": "gradoctor.hessian.recipe_curvature",
+    "hessian_spectrum": "gradoctor.hessian",
+    "CurvatureResult": "gradoctor.hessian",
     "Recipe": "gradoctor.recipe",
     "load_recipe": "gradoctor.recipe",
     "TrainResult": "gradoctor.training.result",
@@ -68,6 +75,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Case",
+    "CurvatureResult",
     "GradoctorError",
     "OutOfMemory",
     "Recipe",
@@ -80,6 +88,8 @@ __all__ = [
     "__version__",
     "assert_grads_correct",
     "check_grads",
+    "curvature",
+    "hessian_spectrum",
     "load_recipe",
     "load_report",
     "memory_profile",

@@ -131,6 +131,15 @@ def train(
         raise typer.Exit(3)
 
 
+def _recipe_and_overrides(
+    recipe: str | None, overrides: list[str] | None
+) -> tuple[str | None, list[str] | None]:
+    """RECIPE is optional (./recipe.yaml): a first argument with '=' is an override."""
+    if recipe is not None and "=" in recipe and not Path(recipe).exists():
+        return None, [recipe, *(overrides or [])]
+    return recipe, overrides
+
+
 @app.command()
 def validate(
     recipe: Annotated[Path, typer.Argument(help="The YAML recipe.")], overrides: Overrides = None
@@ -218,8 +227,7 @@ def memory_profile(
     from gradoctor.memory.api import memory_profile as profile_api
     from gradoctor.report.memory_console import render_memory_profile
 
-    if recipe is not None and "=" in recipe and not Path(recipe).exists():  # overrides only
-        recipe, overrides = None, [recipe, *(overrides or [])]
+    recipe, overrides = _recipe_and_overrides(recipe, overrides)
     result = _run(
         lambda: profile_api(
             recipe,
@@ -233,6 +241,52 @@ def memory_profile(
         )
     )
     render_memory_profile(result, Console())
+
+
+@app.command()
+def curvature(
+    recipe: Annotated[
+        str | None, typer.Argument(help="The YAML recipe (default ./recipe.yaml).")
+    ] = None,
+    overrides: Overrides = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="A run folder or checkpoint.pt (default: the model as initialised)."),
+    ] = None,
+    batches: Annotated[
+        str, typer.Option(help="How many of the run's first batches, or 'all' (one epoch).")
+    ] = "4",
+    top_k: Annotated[int, typer.Option(help="How many of the largest eigenvalues.")] = 1,
+    trace: Annotated[bool, typer.Option("--trace", help="Estimate the trace (Hutch++).")] = False,
+    density: Annotated[
+        bool, typer.Option("--density", help="Spectral density (stochastic Lanczos quadrature).")
+    ] = False,
+    per_layer: Annotated[
+        bool, typer.Option("--per-layer", help="Top eigenvalue and trace of each module's block.")
+    ] = False,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the result as JSON here.")
+    ] = None,
+) -> None:
+    """Hessian spectrum of a recipe's loss, and its learning rate's stability limit."""
+    from gradoctor.hessian.recipe_curvature import curvature as curvature_api
+    from gradoctor.report.curvature_console import render_curvature
+
+    recipe, overrides = _recipe_and_overrides(recipe, overrides)
+    result = _run(
+        lambda: curvature_api(
+            recipe,
+            overrides=overrides or None,
+            json_path=json_path,
+            checkpoint=checkpoint,
+            batches=batches,
+            top_k=top_k,
+            trace=trace,
+            density=density,
+            per_layer=per_layer,
+        )
+    )
+    render_curvature(result, Console())
 
 
 def main() -> Any:

@@ -14,7 +14,8 @@ torch upgrade renames one of these, this is the only module to change.
   communication ``to_local()`` may imply for some placements.
 - ``Module._parameters`` / ``._buffers``: the slot tables, written directly by check-grads'
   module copy (``torch.func.functional_call`` per evaluation costs more than the forward of
-  a small layer).
+  a small layer), and by the curvature measurement to put back a buffer the user's loss
+  replaced (``model.running_mean = ...`` rebinds the slot; ``copy_`` cannot undo that).
 - ``torch._C._set_grad_enabled``: ``no_grad`` without its context object, in check-grads'
   finite-difference sweep (thousands of tiny forwards).
 - ``torch.utils._python_dispatch.TorchDispatchMode`` and ``torch.utils._pytree``: the op-level

@@ -103,3 +103,18 @@ def test_version_prints_the_package_version_without_torch():
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == f"gradoctor {__version__}" and lines[-1] == "[]"
+
+
+def test_no_public_function_shares_its_name_with_a_subpackage():
+    """``import gradoctor.x`` binds ``gradoctor.x`` to the subpackage: a lazy public name
+    ``x`` would then be shadowed (``gradoctor.curvature`` is a function; its package is
+    ``gradoctor.hessian``)."""
+    import pkgutil
+
+    import gradoctor
+
+    packages = {m.name for m in pkgutil.iter_modules(gradoctor.__path__)}
+    assert not packages & set(gradoctor._LAZY), packages & set(gradoctor._LAZY)
+    import gradoctor.hessian.recipe_curvature  # noqa: F401
+
+    assert callable(gradoctor.curvature)

@@ -30,7 +30,7 @@ from gradoctor.memory.model import (
 from gradoctor.memory.result import CheckpointPlan, MemoryProfile, SelfCheck, WhatIf
 from gradoctor.memory.tracking import StepTrace, optimizer_tensors, unique_bytes
 from gradoctor.memory.units import format_bytes, parse_batch_sizes, parse_bytes
-from gradoctor.recipe import Recipe, load_recipe
+from gradoctor.recipe import Recipe, load_command_recipe
 from gradoctor.sinks.report_json import check_json_target, write_json_output
 from gradoctor.training.activation_checkpointing import checkpoint_targets
 
@@ -126,7 +126,7 @@ def memory_profile(
     sizes = parse_batch_sizes(batch_sizes)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise UsageError(f"--steps must be an integer >= 1, got {steps!r}")
-    loaded = _load(recipe, overrides)
+    loaded = load_command_recipe(recipe, overrides, "memory-profile")
     session = ProfileSession(loaded)
     if snapshot is not None and not session.cuda:
         raise UsageError(
@@ -147,19 +147,6 @@ def memory_profile(
 def write_json(profile: MemoryProfile, path: str | Path) -> None:
     """``profile.to_dict()`` as JSON at ``path`` (parent folders created). Raises UsageError."""
     write_json_output(Path(path), profile.to_dict())
-
-
-def _load(recipe: Any, overrides: Any) -> Recipe:
-    if recipe is None:
-        recipe = Path("recipe.yaml")
-        if not recipe.is_file():
-            raise UsageError(
-                "no recipe given and no ./recipe.yaml here",
-                hint="pass one: gradoctor memory-profile recipes/mlp.yaml",
-            )
-    elif isinstance(recipe, (str, Path)) and not Path(recipe).is_file():
-        raise UsageError(f"recipe file '{recipe}' does not exist", hint="check the path")
-    return load_recipe(recipe, overrides or None)
 
 
 # ---- measuring ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gradoctor.errors import UsageError
 from gradoctor.recipe.load import apply_overrides, read_yaml
 from gradoctor.recipe.schema import (
     ComponentSpec,
@@ -25,6 +26,7 @@ __all__ = [
     "OutputConfig",
     "Recipe",
     "TrainConfig",
+    "load_command_recipe",
     "load_recipe",
 ]
 
@@ -97,3 +99,23 @@ def load_recipe(
     )
     loaded.overrides = earlier + as_text
     return loaded
+
+
+def load_command_recipe(
+    recipe: str | Path | dict[str, Any] | Recipe | None,
+    overrides: list[str] | dict[str, Any] | None,
+    command: str,
+) -> Recipe:
+    """The recipe of a command whose RECIPE argument defaults to ``./recipe.yaml``
+    (``memory-profile``, ``curvature``, ...). UsageError when there is none, or when the path
+    is not a file; RecipeError for a bad recipe."""
+    if recipe is None:
+        recipe = Path("recipe.yaml")
+        if not recipe.is_file():
+            raise UsageError(
+                "no recipe given and no ./recipe.yaml here",
+                hint=f"pass one: gradoctor {command} recipes/mlp.yaml",
+            )
+    elif isinstance(recipe, (str, Path)) and not Path(recipe).is_file():
+        raise UsageError(f"recipe file '{recipe}' does not exist", hint="check the path")
+    return load_recipe(recipe, overrides or None)
