@@ -32,6 +32,7 @@ from gradoctor.hessian.hvp import (  # noqa: E402
     HessianVectorProduct,
 )
 from gradoctor.hessian.model_state import measurement_state  # noqa: E402
+from gradoctor.recipe import load_recipe  # noqa: E402
 from gradoctor.training.batches import compute_loss, to_device  # noqa: E402
 from gradoctor.training.build import build_state  # noqa: E402
 
@@ -128,6 +129,42 @@ def bench_config(name: str, recipe_src, device_name: str, rounds: int, out_dir: 
     return out
 
 
+def bench_sharpness(name: str, recipe_src, device_name: str, rounds: int, out_dir: Path) -> dict:
+    """One sharpness measurement (the ``train`` instrument) in training steps: steps with the
+    instrument active vs steps with it idle, interleaved; and the overhead that gives at the
+    default ``diagnostics.sharpness_every``."""
+    from gradoctor.api import make_trainer
+    from gradoctor.hessian.sharpness_instrument import SharpnessInstrument
+    from gradoctor.recipe.schema import DiagnosticsConfig
+
+    recipe, device = _load(f"{name}-sharpness", recipe_src, device_name, out_dir)
+    recipe = load_recipe(recipe, {"diagnostics": {"sharpness_every": 1, "every": 10**6}})
+    trainer = make_trainer(recipe)
+    (inst,) = [i for i in trainer.instruments if isinstance(i, SharpnessInstrument)]
+    for _ in range(3):
+        trainer.step()
+    plain, measured = [], []
+    for r in range(rounds):
+        for on in (True, False) if r % 2 == 0 else (False, True):
+            inst.every = 1 if on else 10**9
+            _sync(device)
+            t0 = time.perf_counter()
+            trainer.step()
+            _sync(device)
+            (measured if on else plain).append(time.perf_counter() - t0)
+    trainer.stepper.close()
+    step_s = statistics.median(plain)
+    cost = statistics.median(measured) / step_s - 1
+    default = DiagnosticsConfig().sharpness_every
+    return {
+        "config": name,
+        "step_ms": 1e3 * step_s,
+        "measurement_steps": cost,
+        "default_every": default,
+        "overhead_pct": 100 * cost / default,
+    }
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu", action="store_true")
@@ -154,6 +191,14 @@ def main(argv=None) -> None:
                     f"{name:16s} {res['params']:11,d} {label:44s} {row['ms']:9.2f} "
                     f"{row['time_ratio']:11.2f} {lo:6.2f}-{hi:<6.2f} {mem:>9s}"
                 )
+        print("\nthe train instrument (diagnostics.sharpness_every): one measurement in steps")
+        for name, src in configs.items():
+            res = bench_sharpness(name, src, device, max(5, args.rounds // 2), Path(tmp))
+            print(
+                f"{name:16s} step {res['step_ms']:8.2f} ms · one measurement = "
+                f"{res['measurement_steps']:.1f} steps · at every {res['default_every']}: "
+                f"{res['overhead_pct']:.2f}% of the run"
+            )
 
 
 if __name__ == "__main__":

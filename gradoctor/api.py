@@ -19,9 +19,11 @@ def make_trainer(
     resume: str | Path | None = None,
     overwrite: bool = False,
 ) -> Trainer:
-    """A ``Trainer`` with the triage rules and the OOM explainer attached (what ``train``
+    """A ``Trainer`` with the triage rules, the OOM explainer and the sharpness instrument
+    attached (what ``train``
     runs; the distributed test workers and the benchmarks build theirs here too)."""
     from gradoctor.diagnose.engine import diagnose_run
+    from gradoctor.hessian.sharpness_instrument import sharpness_instruments
     from gradoctor.memory.oom import oom_diagnosis
 
     return Trainer(
@@ -31,6 +33,7 @@ def make_trainer(
         triage=diagnose_run,
         explain_oom=oom_diagnosis,
         overwrite=overwrite,
+        extra_instruments=sharpness_instruments,
     )
 
 

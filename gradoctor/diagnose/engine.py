@@ -12,6 +12,7 @@ from gradoctor.diagnose.context import RunContext, module_infos
 from gradoctor.diagnose.rules import (
     dead_units,
     divergence,
+    edge_of_stability,
     gradient_flow,
     headroom,
     loss_scale,
@@ -26,7 +27,16 @@ if TYPE_CHECKING:
     from gradoctor.recipe.schema import Recipe
     from gradoctor.training.history import History
 
-RULES = (nonfinite, loss_scale, gradient_flow, dead_units, divergence, update_ratio, headroom)
+RULES = (
+    nonfinite,
+    loss_scale,
+    gradient_flow,
+    dead_units,
+    divergence,
+    update_ratio,
+    headroom,
+    edge_of_stability,
+)
 
 
 def diagnose_run(

@@ -19,6 +19,7 @@ CODES = (
     "loss_divergence",
     "fp16_headroom",
     "memory",
+    "edge_of_stability",
 )
 
 

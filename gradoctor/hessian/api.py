@@ -54,6 +54,7 @@ def hessian_spectrum(
     dtype: torch.dtype | None = None,
     preconditioner: torch.Tensor | None = None,
     v0: torch.Tensor | None = None,
+    rayleigh: dict[str, torch.Tensor] | None = None,
 ) -> CurvatureResult:
     """Curvature of the mean loss over ``batches`` (a list; each item goes to ``loss_fn``).
 
@@ -66,6 +67,10 @@ def hessian_spectrum(
     default: the parameters' own). ``preconditioner`` ([P], positive, e.g.
     ``adam_preconditioner``) measures D^-1/2 H D^-1/2 instead of H, for every quantity.
     ``v0`` ([P]) starts Lanczos (a previous result's ``eigenvectors[:, 0]``: a warm start).
+    ``rayleigh`` ({name: [P] direction}) adds ``result.rayleigh[name]`` = uᵀ A u / uᵀu for the
+    operator A measured, one HVP each; u is the direction itself, or D^-1/2·direction when
+    preconditioned (a preconditioned step moves along D^-1 g, i.e. D^-1/2 g in the coordinates
+    of D^-1/2 H D^-1/2): with the gradient, the batch sharpness gᵀHg/‖g‖².
     ``seed`` fixes every random probe. Raises UsageError for bad arguments, UserCodeError when
     the loss cannot be evaluated or differentiated twice, or is random.
     """
@@ -111,6 +116,8 @@ def hessian_spectrum(
             )
         if per_layer:
             result.per_layer = _per_layer(hvp, layout, preconditioner, trace_hvps, tol, layer_rng)
+        if rayleigh:
+            result.rayleigh = {name: _rayleigh(op, u) for name, u in rayleigh.items()}
         if preconditioner is not None:
             result.notes.append("preconditioned: every quantity is of D^-1/2 H D^-1/2")
         result.hvps = hvp.count
@@ -179,6 +186,17 @@ def _check_deterministic(floss: FunctionalLoss) -> None:
         f"the loss is random: two evaluations at the same parameters gave {a!r} and {b!r}",
         hint=hint,
     )
+
+
+def _rayleigh(op: HessianOperator, direction: torch.Tensor) -> float:
+    """uᵀ op u / uᵀu for the direction in the operator's coordinates (see ``rayleigh``);
+    NaN for a zero or non-finite direction."""
+    u = torch.as_tensor(direction).detach().reshape(-1).to("cpu", torch.float64).numpy()
+    if u.size != op.size or not np.isfinite(u).all() or not u.any():
+        return float("nan")
+    if op.scale is not None:
+        u = u * op.scale.numpy()
+    return float(u @ op.matvec(u) / (u @ u))
 
 
 def _start_vector(v0: torch.Tensor, size: int) -> np.ndarray:

@@ -35,7 +35,8 @@ class HessianOperator(LinearOperator):
         self.size = hvp.floss.layout.size
         self.indices = indices
         n = self.size if indices is None else len(indices)
-        self._scale = None if preconditioner is None else _inverse_sqrt(preconditioner, self.size)
+        # D^-1/2 as a [P] float64 CPU tensor, or None (no preconditioner)
+        self.scale = None if preconditioner is None else _inverse_sqrt(preconditioner, self.size)
         super().__init__(dtype=np.float64, shape=(n, n))
 
     def _matvec(self, x: np.ndarray) -> np.ndarray:
@@ -45,11 +46,11 @@ class HessianOperator(LinearOperator):
             full[self.indices] = x
             x = full
         v = torch.from_numpy(x)
-        if self._scale is not None:
-            v = v * self._scale
+        if self.scale is not None:
+            v = v * self.scale
         hv = self.hvp(v)
-        if self._scale is not None:
-            hv = hv * self._scale.to(hv.device)
+        if self.scale is not None:
+            hv = hv * self.scale.to(hv.device)
         out = hv.cpu().numpy()  # host sync: scipy works on host vectors
         return out if self.indices is None else out[self.indices]
 

@@ -98,6 +98,7 @@ class CurvatureResult:
     stability: Any = None  # a Stability (stability.py) or a dict, set by the caller
     notes: list[str] = field(default_factory=list)
     eigenvectors: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    rayleigh: dict[str, float] | None = None  # ``hessian_spectrum(rayleigh=...)``; not serialized
     recipe: str | None = None  # set by ``gradoctor curvature`` (the recipe's name)
     device: str | None = None
     seconds: float | None = None  # wall time of the whole measurement

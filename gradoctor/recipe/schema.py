@@ -72,6 +72,10 @@ class DiagnosticsConfig:
     memory_every: int = 100  # memory measured on steps 1, 2 and every N steps (0: only 1 and 2)
     activation_every: int = 50  # dead-unit / headroom hooks on steps 1 and every N (0: off)
     snapshot_every: int = 50  # replay snapshot interval, rounded up to a multiple of `every`
+    # Sharpness (top Hessian eigenvalue, batch sharpness) on the step's batch every N steps
+    # (0: off). One measurement costs ~37 gradient steps (11 HVPs at ~3.3 gradients each, and
+    # two forwards), so 2000 keeps it near 2% of a run (bench/hvp_cost.py, README).
+    sharpness_every: int = 2000
     on_nonfinite: str = "stop"  # stop | skip | continue, after the replay of the first bad step
     thresholds: Thresholds = field(default_factory=Thresholds)
 

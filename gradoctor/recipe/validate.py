@@ -108,6 +108,7 @@ SECTION_CHECKS: dict[str, tuple[type, dict[str, Check]]] = {
             "memory_every": int_at_least(0),
             "activation_every": int_at_least(0),
             "snapshot_every": int_at_least(1),
+            "sharpness_every": int_at_least(0),
             "on_nonfinite": one_of("stop", "skip", "continue"),
             "thresholds": lambda v: (
                 None if isinstance(v, dict) else "a mapping of threshold names to numbers"

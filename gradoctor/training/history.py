@@ -91,6 +91,9 @@ class History:
     grad_absmax: list[list[float]] = field(default_factory=list)  # [sample][module], unscaled
     grad_absmax_scale: list[float] = field(default_factory=list)  # loss scale at each sample
     forward_order: list[str] = field(default_factory=list)  # leaf modules in execution order
+    # one record per sharpness measurement (hessian/sharpness_instrument.py): step, sharpness,
+    # batch_sharpness, threshold, lr, preconditioned, hvps
+    sharpness: list[dict[str, Any]] = field(default_factory=list)
 
     def truncate(self, last_step: int) -> None:
         """Forget every per-step record after ``last_step`` (a replay re-runs those steps)."""
@@ -118,6 +121,7 @@ class History:
         n_t = sum(1 for s in self.step_time_steps if s <= last_step)
         self.step_time_s, self.samples_per_s = self.step_time_s[:n_t], self.samples_per_s[:n_t]
         self.step_time_steps = self.step_time_steps[:n_t]
+        self.sharpness = [r for r in self.sharpness if r["step"] <= last_step]
 
     def add_module_norms(self, steps: list[int], rows: np.ndarray, applied: np.ndarray) -> None:
         """One interval of per-module norms ``[n_steps, n_modules]``: keeps the last row, and the
@@ -210,6 +214,7 @@ class History:
             "grad_absmax": self.grad_absmax,
             "grad_absmax_scale": self.grad_absmax_scale,
             "forward_order": self.forward_order,
+            "sharpness": self.sharpness,
         }
 
     @classmethod
@@ -244,6 +249,7 @@ class History:
             "grad_absmax",
             "grad_absmax_scale",
             "forward_order",
+            "sharpness",
         ):
             if key in data:
                 setattr(h, key, data[key])

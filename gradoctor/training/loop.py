@@ -25,7 +25,7 @@ from gradoctor.distributed.aggregate import IntervalReducer, RankLedger, any_ran
 from gradoctor.distributed.context import setup_distributed
 from gradoctor.errors import GradoctorError, RecipeError, RecipeProblem
 from gradoctor.monitors.grad_norms import GradNormRecorder, ParamIndex
-from gradoctor.monitors.instrument import StepView
+from gradoctor.monitors.instrument import Instrument, StepView
 from gradoctor.monitors.interval import IntervalCollector
 from gradoctor.monitors.memory import MemoryMonitor, rss_peak
 from gradoctor.recipe.schema import Recipe
@@ -52,6 +52,7 @@ from gradoctor.training.run_control import RunControl
 from gradoctor.training.run_folder import claim_run_folder
 from gradoctor.training.run_lock import RunLock
 from gradoctor.training.schedule_rehearsal import rehearse_schedule
+from gradoctor.training.state import TrainState
 from gradoctor.training.step import StepConfig, TrainStep
 
 _NULL = contextlib.nullcontext()
@@ -60,9 +61,15 @@ _NULL = contextlib.nullcontext()
 Triage = Callable[[History, list[dict[str, Any]], torch.nn.Module, list[str], Recipe], list]
 
 
+# (recipe, state, TensorBoard sink, distributed) -> instruments to add to the default ones
+ExtraInstruments = Callable[[Recipe, TrainState, TensorBoardSink, bool], list[Instrument]]
+
+
 class Trainer:
     """One run of a recipe. ``resume`` is a run folder (or checkpoint file) to continue from;
-    ``overwrite`` lets a fresh run replace a previous run's outputs in its folder (else
+    ``extra_instruments(recipe, state, tb, distributed)`` adds instruments after the
+    default ones (the API layer passes the sharpness instrument); ``overwrite`` lets a fresh
+    run replace a previous run's outputs in its folder (else
     refused, see ``training/run_folder.py``); ``triage`` and ``explain_oom`` turn the run into diagnoses (``gradoctor.api`` passes
     the rules and the memory planner; without them the report has no diagnoses)."""
 
@@ -75,6 +82,7 @@ class Trainer:
         triage: Triage | None = None,
         explain_oom: ExplainOOM | None = None,
         overwrite: bool = False,
+        extra_instruments: ExtraInstruments | None = None,
     ):
         self.recipe = recipe
         self.out_dir = recipe.output_dir()
@@ -126,6 +134,8 @@ class Trainer:
             self.instruments = default_instruments(
                 recipe, self.state, self.index, self.norms, self.memory, buffer, tb
             )
+            if extra_instruments is not None:  # e.g. sharpness (the API layer's, from hessian/)
+                self.instruments += extra_instruments(recipe, self.state, tb, self.dist is not None)
         except BaseException:
             self._lock.release()
             raise

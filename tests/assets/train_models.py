@@ -297,3 +297,11 @@ class FailingScheduler(torch.optim.lr_scheduler.LambdaLR):
         if self.last_epoch + 1 == self.at:
             raise ZeroDivisionError("warm-up ratio divided by zero (simulated)")
         super().step(epoch)
+
+
+class FunctionalDropout(Tiny):
+    """Tiny with ``F.dropout(training=True)`` in forward: a loss that is random even with the
+    dropout modules switched off."""
+
+    def forward(self, x):
+        return super().forward(torch.nn.functional.dropout(x, 0.2, training=True))

@@ -18,6 +18,7 @@ EXPECTED = {
     "nan_forward": ("nonfinite_origin", {"error"}, "energy"),
     "nan_backward": ("nonfinite_origin", {"error"}, "bad"),
     "lr_divergence": ("loss_divergence", {"error", "warning"}, None),
+    "edge_of_stability": ("edge_of_stability", {"info"}, None),
 }
 
 
