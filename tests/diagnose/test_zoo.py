@@ -76,6 +76,11 @@ def test_fp16_overflow_model_is_healthy_in_bf16(tmp_path):
 @pytest.mark.parametrize("name, steps", [("mlp", 200), ("cnn", 150), ("tiny_lm", 80)])
 def test_healthy_samples_raise_nothing(name, steps, tmp_path):
     result = gradoctor.train(
-        ROOT / "recipes" / f"{name}.yaml", train={"steps": steps}, output={"dir": str(tmp_path)}
+        ROOT / "recipes" / f"{name}.yaml",
+        train={"steps": steps},
+        output={"dir": str(tmp_path)},
+        diagnostics={"sharpness_every": steps // 2},  # measured, and far below the threshold
     )
     assert [d for d in result.diagnoses if d["severity"] != "info"] == []
+    assert len(result.history["sharpness"]) == 2
+    assert not [d for d in result.diagnoses if d["code"] == "edge_of_stability"]
