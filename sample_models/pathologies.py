@@ -120,3 +120,46 @@ class NaNInBackward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.relu(self.bad(self.inp(x))))
+
+
+class BadInitReLU(nn.Module):
+    """``depth`` Linear+ReLU layers whose weights have std ``gain`` x Kaiming's sqrt(2/fan_in):
+    with gain 2.5 the activations grow ~2.5x per layer (1e4 after a dozen) and the loss at step
+    1 is thousands of times chance; gain 1 is the healthy Kaiming init."""
+
+    def __init__(self, in_features=20, hidden=64, out_features=4, depth=12, gain=2.5):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.Linear(in_features if i == 0 else hidden, hidden) for i in range(depth)
+        )
+        self.head = nn.Linear(hidden, out_features)
+        for layer in [*self.layers, self.head]:
+            nn.init.normal_(layer.weight, std=gain * (2.0 / layer.in_features) ** 0.5)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = torch.relu(layer(x))
+        return self.head(x)
+
+
+class WideBranchResidual(nn.Module):
+    """``blocks`` residual blocks x + fc2(relu(fc1(x))) whose branches are initialised with
+    ``branch_gain`` x Kaiming: with 2.0 the residual stream grows ~3-4x per block; with
+    ``branch_gain: 0`` (a zero-initialised last layer) each block starts as the identity."""
+
+    def __init__(self, in_features=20, width=64, out_features=4, blocks=8, branch_gain=2.0):
+        super().__init__()
+        self.inp = nn.Linear(in_features, width)
+        self.fc1 = nn.ModuleList(nn.Linear(width, width) for _ in range(blocks))
+        self.fc2 = nn.ModuleList(nn.Linear(width, width) for _ in range(blocks))
+        self.head = nn.Linear(width, out_features)
+        for fc1, fc2 in zip(self.fc1, self.fc2):
+            nn.init.normal_(fc1.weight, std=branch_gain * (2.0 / width) ** 0.5)
+            nn.init.normal_(fc2.weight, std=branch_gain * (2.0 / width) ** 0.5)
+
+    def forward(self, x):
+        x = self.inp(x)
+        for fc1, fc2 in zip(self.fc1, self.fc2):
+            x = x + fc2(torch.relu(fc1(x)))
+        return self.head(x)

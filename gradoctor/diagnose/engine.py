@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 from gradoctor.diagnose.context import RunContext, module_infos
 from gradoctor.diagnose.rules import (
+    activation_growth,
     dead_units,
     divergence,
     edge_of_stability,
     gradient_flow,
     headroom,
+    initial_loss,
     loss_scale,
     nonfinite,
     update_ratio,
@@ -36,6 +38,8 @@ RULES = (
     update_ratio,
     headroom,
     edge_of_stability,
+    initial_loss,
+    activation_growth,
 )
 
 

@@ -20,6 +20,8 @@ CODES = (
     "fp16_headroom",
     "memory",
     "edge_of_stability",
+    "bad_initial_loss",
+    "exploding_activations",
 )
 
 

@@ -3,9 +3,10 @@
 On a sampled step, forward hooks go on every leaf module for that step's forward only
 (removed right after it, so checkpoint recomputation in backward never sees them) and keep,
 on device: the max |output| per leaf module, and per ReLU-family call site which units were
-ever positive. A "unit" is dim 1 of a 2-D or 4-D/5-D (channels-first) output and the last dim
+ever positive, and the RMS of each leaf module's output (its first call's, on the first
+sampled forward of a window: the scale at each depth, for ``exploding_activations``). A "unit" is dim 1 of a 2-D or 4-D/5-D (channels-first) output and the last dim
 of a 3-D ``[B, T, F]`` output. Cost on a sampled step: one abs/amax per leaf module plus one
-``any`` per ReLU; nothing on other steps. ``take()`` moves a window's results to the host.
+``any`` per ReLU, one mean of squares per leaf; nothing on other steps. ``take()`` moves a window's results to the host.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class ActivationSampler:
             (n, m) for n, m in model.named_modules() if not any(True for _ in m.children())
         ]
         self.absmax: dict[str, torch.Tensor] = {}
+        self.rms: dict[str, torch.Tensor] = {}  # first call of each leaf, first forward
         self.alive: dict[str, torch.Tensor] = {}
         self.order: list[str] = []  # leaf modules in forward execution order (first sample)
         self.samples = 0
@@ -79,6 +81,8 @@ class ActivationSampler:
                 peak = t.detach().abs().amax().float()
                 prev = self.absmax.get(name)
                 self.absmax[name] = peak if prev is None else torch.maximum(prev, peak)
+                if call == 0 and name not in self.rms:
+                    self.rms[name] = t.detach().float().square().mean().sqrt()
                 if isinstance(module, RELU_FAMILY) and t.dim() >= 2:
                     key = name if call == 0 else f"{name}#{call}"
                     positive = (
@@ -93,22 +97,26 @@ class ActivationSampler:
         return hook
 
     def take(self) -> dict[str, Any]:
-        """Host copy of the window: ``{"absmax": {module: float}, "dead": {site: fraction},
+        """Host copy of the window: ``{"absmax": {module: float}, "rms": {module: float},
+        "dead": {site: fraction},
         "units": {site: n}}``, then reset. One small transfer (called at a flush)."""
-        names = list(self.absmax)
-        sites = list(self.alive)
+        names, rms_names, sites = list(self.absmax), list(self.rms), list(self.alive)
         parts = [self.absmax[n].reshape(1) for n in names]
+        parts += [self.rms[n].reshape(1) for n in rms_names]
         parts += [(~self.alive[s]).float().mean().reshape(1) for s in sites]
         if not parts:
-            return {"absmax": {}, "dead": {}, "units": {}}
+            return {"absmax": {}, "rms": {}, "dead": {}, "units": {}}
         device = parts[0].device
         host = torch.cat([p.to(device) for p in parts]).cpu().tolist()
+        a, r = len(names), len(names) + len(rms_names)
         out = {
-            "absmax": dict(zip(names, host[: len(names)])),
-            "dead": dict(zip(sites, host[len(names) :])),
+            "absmax": dict(zip(names, host[:a])),
+            "rms": dict(zip(rms_names, host[a:r])),
+            "dead": dict(zip(sites, host[r:])),
             "units": {s: int(self.alive[s].numel()) for s in sites},
         }
         self.absmax.clear()
+        self.rms.clear()
         self.alive.clear()
         return out
 
@@ -148,6 +156,8 @@ class ActivationInstrument(Instrument):
             h.activation_steps.append(interval.last_step)
             for name, value in window["absmax"].items():
                 h.act_absmax.setdefault(name, []).append(value)
+            for name, value in window["rms"].items():
+                h.act_rms.setdefault(name, []).append(value)
             for site, frac in window["dead"].items():
                 h.dead_fraction.setdefault(site, []).append(frac)
             h.relu_units.update(window["units"])

@@ -62,6 +62,9 @@ class Thresholds:
     update_ratio_low: float = 1.0e-7
     divergence_factor: float = 1.5  # late loss vs initial loss
     headroom_factor: float = 8.0  # |value| within this factor of fp16's max (65504)
+    initial_loss_factor: float = 4.0  # step 1's loss vs the loss at chance (ln C, Var(y), ...)
+    activation_growth: float = 1.5  # per-layer growth of the output RMS along the forward...
+    activation_growth_total: float = 100.0  # ...sustained to this total over the run of layers
 
 
 @dataclass

@@ -87,6 +87,7 @@ class History:
     dead_fraction: dict[str, list[float]] = field(default_factory=dict)  # ReLU site -> per window
     relu_units: dict[str, int] = field(default_factory=dict)
     act_absmax: dict[str, list[float]] = field(default_factory=dict)  # leaf module -> per window
+    act_rms: dict[str, list[float]] = field(default_factory=dict)  # leaf module -> per window
     grad_absmax_steps: list[int] = field(default_factory=list)  # sampled steps (fp16 headroom)
     grad_absmax: list[list[float]] = field(default_factory=list)  # [sample][module], unscaled
     grad_absmax_scale: list[float] = field(default_factory=list)  # loss scale at each sample
@@ -94,6 +95,9 @@ class History:
     # one record per sharpness measurement (hessian/sharpness_instrument.py): step, sharpness,
     # batch_sharpness, threshold, lr, preconditioned, hvps
     sharpness: list[dict[str, Any]] = field(default_factory=list)
+    # the first step's loss and the loss function's value at chance on the same micro-batch
+    # (monitors/initial_loss.py): {"step", "loss", "chance", "rule"}, or {} when not measured
+    initial_loss: dict[str, Any] = field(default_factory=dict)
 
     def truncate(self, last_step: int) -> None:
         """Forget every per-step record after ``last_step`` (a replay re-runs those steps)."""
@@ -210,11 +214,13 @@ class History:
             "dead_fraction": self.dead_fraction,
             "relu_units": self.relu_units,
             "act_absmax": self.act_absmax,
+            "act_rms": self.act_rms,
             "grad_absmax_steps": self.grad_absmax_steps,
             "grad_absmax": self.grad_absmax,
             "grad_absmax_scale": self.grad_absmax_scale,
             "forward_order": self.forward_order,
             "sharpness": self.sharpness,
+            "initial_loss": self.initial_loss,
         }
 
     @classmethod
@@ -245,11 +251,13 @@ class History:
             "dead_fraction",
             "relu_units",
             "act_absmax",
+            "act_rms",
             "grad_absmax_steps",
             "grad_absmax",
             "grad_absmax_scale",
             "forward_order",
             "sharpness",
+            "initial_loss",
         ):
             if key in data:
                 setattr(h, key, data[key])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from gradoctor.monitors.activations import ActivationInstrument
 from gradoctor.monitors.grad_norms import GradNormRecorder, GradNormTracker, ParamIndex, UpdateRatio
 from gradoctor.monitors.histograms import HistogramInstrument
+from gradoctor.monitors.initial_loss import InitialLossProbe
 from gradoctor.monitors.instrument import Instrument
 from gradoctor.monitors.interval import IntervalCollector
 from gradoctor.monitors.loss_scale import LossScaleLedger
@@ -25,7 +26,8 @@ def default_instruments(
 ) -> list[Instrument]:
     """In the order they act at each point of a step: gradient norms (every step), memory
     (steps 1-2 and every ``memory_every``), histograms, activations (dead units, fp16
-    headroom), the update ratio (log steps), the loss-scale ledger (fp16)."""
+    headroom), the update ratio (log steps), the loss-scale ledger (fp16), the first step's loss
+    against chance."""
     d, start = recipe.diagnostics, state.start_step
     out: list[Instrument] = [GradNormTracker(), MemoryInstrument(memory, d.memory_every, start)]
     if d.histogram_every:
@@ -34,6 +36,7 @@ def default_instruments(
         out.append(ActivationInstrument(state.model, index, d.activation_every, start))
     out.append(UpdateRatio(norms, collector, d.every, recipe.train.steps))
     out.append(LossScaleLedger(collector, state.scaler.is_enabled()))
+    out.append(InitialLossProbe(state.model, state.loss_fn, start))
     return out
 
 

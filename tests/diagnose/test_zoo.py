@@ -1,5 +1,6 @@
 """The pathology zoo is diagnosed with the right code and module; healthy samples stay silent."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ EXPECTED = {
     "nan_backward": ("nonfinite_origin", {"error"}, "bad"),
     "lr_divergence": ("loss_divergence", {"error", "warning"}, None),
     "edge_of_stability": ("edge_of_stability", {"info"}, None),
+    "bad_init": ("exploding_activations", {"warning"}, "layers.0"),
+    "wide_residual": ("exploding_activations", {"warning"}, "inp"),
 }
 
 
@@ -64,6 +67,22 @@ def test_nan_backward_is_found_in_backward_with_a_finite_loss(tmp_path):
     assert (
         result.history["loss"][0] != "nan"
     )  # step 1's loss was finite: only its gradients were not
+
+
+@pytest.mark.parametrize("name", ["bad_init", "wide_residual"])
+def test_bad_init_also_gets_bad_initial_loss(name, tmp_path):
+    result = _run(ZOO / f"{name}.yaml", tmp_path)
+    (d,) = [d for d in result.diagnoses if d["code"] == "bad_initial_loss"]
+    assert d["evidence"]["chance"] == pytest.approx(math.log(4), rel=1e-6)
+    assert d["evidence"]["ratio"] > 1e3
+
+
+@pytest.mark.parametrize("depth", [12, 24])
+def test_a_kaiming_initialised_deep_relu_stack_stays_silent(depth, tmp_path):
+    result = _run(
+        ZOO / "bad_init.yaml", tmp_path, model={"gain": 1.0, "depth": depth}, optimizer={"lr": 1e-2}
+    )
+    assert not [d for d in result.diagnoses if d["severity"] != "info"], result.diagnoses
 
 
 def test_fp16_overflow_model_is_healthy_in_bf16(tmp_path):
