@@ -8,6 +8,7 @@ check-grads found a wrong gradient; 2 bad recipe or usage; 3 diagnoses at or abo
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -286,7 +287,8 @@ def curvature(
             per_layer=per_layer,
         )
     )
-    render_curvature(result, Console())
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: every rank has the result
+        render_curvature(result, Console())
 
 
 def main() -> Any:

@@ -6,7 +6,9 @@ density and per-layer blocks from Hessian-vector products, plus optimizer stabil
 ``hessian_spectrum(model, loss_fn, batches, ...) -> CurvatureResult``;
 ``stability_threshold(optimizer) -> Stability``; ``adam_preconditioner(optimizer, model)``
 gives the diagonal to measure Adam's preconditioned sharpness with
-``hessian_spectrum(..., preconditioner=d)``.
+``hessian_spectrum(..., preconditioner=d)``. Across processes, ``hessian_spectrum(...,
+process_group=torch.distributed.group.WORLD)`` takes each rank's own batches and all-reduces
+every HVP (``ranks.py``).
 """
 
 from gradoctor.hessian.api import hessian_spectrum

@@ -13,12 +13,21 @@ result's ``hvps``:
 - per-layer: ≈ Σ over blocks of min(n, ``trace_hvps`` + 20-40).
 
 Plus two forward passes over ``batches`` for the determinism check.
+
+Across processes (``process_group``; ``ranks.py``): ``batches`` is this rank's share and the
+loss is the mean over every rank's batches (each batch weighs the same, wherever it is).
+Each HVP is one ``all_reduce`` of P + 5 float64 values (this rank's summed HVPs, its batch
+count, a lockstep check and a failure flag), the determinism check one of 6; every rank gets
+bitwise the same operator output and runs the same Lanczos/eigsh/Hutch++ iterations, so the
+result is the same on every rank and equals the one-process result on all the batches up to
+the order of the batch sum (float64: ≤1e-12 relative, measured). Errors are raised on every
+rank together (no rank waits in a collective the others left).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -32,6 +41,7 @@ from gradoctor.hessian.hvp import HessianVectorProduct
 from gradoctor.hessian.model_state import measurement_state
 from gradoctor.hessian.operator import HessianOperator
 from gradoctor.hessian.per_layer import block_indices, layer_curvature
+from gradoctor.hessian.ranks import RankSum, rank_sum
 from gradoctor.hessian.result import CurvatureResult, LayerCurvature
 from gradoctor.hessian.trace import MIN_BUDGET, estimate_trace
 
@@ -55,6 +65,7 @@ def hessian_spectrum(
     preconditioner: torch.Tensor | None = None,
     v0: torch.Tensor | None = None,
     rayleigh: dict[str, torch.Tensor] | None = None,
+    process_group: torch.distributed.ProcessGroup | None = None,
 ) -> CurvatureResult:
     """Curvature of the mean loss over ``batches`` (a list; each item goes to ``loss_fn``).
 
@@ -71,12 +82,27 @@ def hessian_spectrum(
     operator A measured, one HVP each; u is the direction itself, or D^-1/2·direction when
     preconditioned (a preconditioned step moves along D^-1 g, i.e. D^-1/2 g in the coordinates
     of D^-1/2 H D^-1/2): with the gradient, the batch sharpness gᵀHg/‖g‖².
-    ``seed`` fixes every random probe. Raises UsageError for bad arguments, UserCodeError when
-    the loss cannot be evaluated or differentiated twice, or is random.
+    ``seed`` fixes every random probe. ``process_group`` (e.g.
+    ``torch.distributed.group.WORLD``; every rank calls with the same arguments but its own
+    ``batches``, possibly none) measures the mean loss over all ranks' batches (module
+    docstring); ``result.batches`` is then the total (SyncBatchNorm in train mode is refused:
+    its forward synchronises). Raises UsageError for bad arguments,
+    UserCodeError when the loss cannot be evaluated or differentiated twice, or is random.
     """
+    ranks = rank_sum(process_group)
     batches = _check_arguments(
-        batches, top_k, trace, per_layer, trace_hvps, density_steps, density_probes, max_hvps
+        batches,
+        top_k,
+        trace,
+        per_layer,
+        trace_hvps,
+        density_steps,
+        density_probes,
+        max_hvps,
+        empty_ok=ranks is not None,
     )
+    if ranks is not None:
+        _check_no_sync_batchnorm(model, ranks)
     layout = ParamLayout.of(model, dtype)
     if top_k >= layout.size:
         raise UsageError(
@@ -89,8 +115,8 @@ def hessian_spectrum(
     )
     with measurement_state(model) as state:
         floss = FunctionalLoss(model, loss_fn, batches, layout, dtype)
-        _check_deterministic(floss)
-        hvp = HessianVectorProduct(floss)
+        total_batches = _check_deterministic(floss, ranks)
+        hvp = HessianVectorProduct(floss, ranks=ranks)
         op = HessianOperator(hvp, preconditioner=preconditioner)
         start = None if v0 is None else _start_vector(v0, layout.size)
         pairs = top_eigenpairs(op, top_k, tol=tol, rng=eigen_rng, v0=start, max_matvecs=max_hvps)
@@ -102,7 +128,7 @@ def hessian_spectrum(
             method=pairs.method,
             hvp_method=hvp.method.label,
             fallback=hvp.fallback,
-            batches=len(batches),
+            batches=total_batches,
             parameters=layout.size,
             precision=layout.precision(),
             notes=notes,
@@ -133,6 +159,7 @@ def _check_arguments(
     density_steps: int,
     density_probes: int,
     max_hvps: int | None,
+    empty_ok: bool = False,
 ) -> list[Any]:
     problems = []
     try:
@@ -141,7 +168,7 @@ def _check_arguments(
         problems.append(f"batches must be a list of batches, not {type(batches).__name__}")
         batches = []
     else:
-        if not batches:
+        if not batches and not empty_ok:  # across ranks: checked on the total
             problems.append("batches is empty: the loss needs at least one batch")
     if top_k < 1:
         problems.append(f"top_k={top_k}: ask for at least one eigenvalue")
@@ -162,14 +189,65 @@ def _check_arguments(
     return batches
 
 
-def _check_deterministic(floss: FunctionalLoss) -> None:
+def _check_no_sync_batchnorm(model: nn.Module, ranks: RankSum) -> None:
+    """SyncBatchNorm in train mode runs collectives inside its forward and backward: a rank
+    with more batches than another would wait for forwards the other never runs. Refused up
+    front, on every rank alike (the same model everywhere)."""
+    sync = [
+        n or type(m).__name__
+        for n, m in model.named_modules()
+        if isinstance(m, nn.SyncBatchNorm) and m.training
+    ]
+    if sync and ranks.world > 1:
+        raise UsageError(
+            f"SyncBatchNorm in train mode ({', '.join(sync[:3])}{' ...' if len(sync) > 3 else ''}) "
+            "cannot be measured across ranks: it runs collectives inside its forward and "
+            "backward, which the ranks' Hessian-vector products do not call in step",
+            hint="measure on one process (process_group=None), or convert the model with "
+            "per-rank BatchNorm for the measurement",
+        )
+
+
+def _check_deterministic(floss: FunctionalLoss, ranks: RankSum | None) -> int:
     """Two evaluations of the mean loss at the same parameters must agree bit for bit: a
-    random loss has a random, asymmetric 'Hessian' and Lanczos on it is meaningless."""
-    first, second = floss.mean_loss(), floss.mean_loss()
-    if torch.equal(first, second):
-        return
-    a, b = first.item(), second.item()
-    if abs(a - b) <= 1e-5 * max(abs(a), abs(b)):  # rounding-level: kernels, not sampling
+    random loss has a random, asymmetric 'Hessian' and Lanczos on it is meaningless. Across
+    ranks each rank compares its own batches' sums and one all-reduce gives every rank the
+    same verdict. Returns the number of batches (over all ranks)."""
+    if ranks is None:
+        first, second = floss.mean_loss(), floss.mean_loss()
+        if torch.equal(first, second):
+            return len(floss.batches)
+        _raise_random(first.item(), second.item(), rounding=_close(first.item(), second.item()))
+
+    def local() -> torch.Tensor:
+        first, second = floss.total_loss(), floss.total_loss()
+        a, b = first.item(), second.item()
+        differ = not torch.equal(first, second)
+        far = differ and not _close(a, b)
+        return torch.tensor([a, b, len(floss.batches), differ, far], dtype=torch.float64)
+
+    a, b, count, differ, far = ranks.sum_local(local, 5, torch.device("cpu")).tolist()
+    if count == 0:
+        raise UsageError(
+            f"batches is empty on all {ranks.world} ranks: the loss needs at least one batch",
+            hint="give at least one rank a batch",
+        )
+    if differ:
+        _raise_random(
+            a / count,
+            b / count,
+            rounding=not far,
+            where=f" on {int(differ)} of {ranks.world} ranks",
+        )
+    return int(count)
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-5 * max(abs(a), abs(b))  # rounding-level: kernels, not sampling
+
+
+def _raise_random(a: float, b: float, *, rounding: bool, where: str = "") -> NoReturn:
+    if rounding:
         hint = (
             "the difference is at rounding level: nondeterministic kernels (atomic adds, "
             "cuDNN autotuning), not sampling; call torch.use_deterministic_algorithms(True) "
@@ -183,7 +261,7 @@ def _check_deterministic(floss: FunctionalLoss) -> None:
             "data and pass fixed batches"
         )
     raise UserCodeError(
-        f"the loss is random: two evaluations at the same parameters gave {a!r} and {b!r}",
+        f"the loss is random{where}: two evaluations at the same parameters gave {a!r} and {b!r}",
         hint=hint,
     )
 

@@ -150,12 +150,18 @@ class FunctionalLoss:
     def mean_loss(self) -> torch.Tensor:
         """The mean over batches at the live parameters, without autograd (a check, not an
         HVP). Raises UserCodeError when ``loss_fn`` raises or returns no finite scalar."""
+        return self.total_loss() / len(self.batches)
+
+    def total_loss(self) -> torch.Tensor:
+        """The sum over batches (0 without batches: a rank with no share), as ``mean_loss``."""
         total = None
         with torch.no_grad():
             for i, batch in enumerate(self.batches):
                 loss = self._checked_loss(batch, i)
                 total = loss if total is None else total + loss
-        return total / len(self.batches)
+        if total is None:
+            return torch.zeros((), dtype=torch.float64, device=self.layout.device)
+        return total
 
     def _checked_loss(self, batch: Any, index: int) -> torch.Tensor:
         try:

@@ -22,6 +22,14 @@ fp32 MLP on 1024 samples 6.7 vs 22.4 ms), and host memory is rarely what limits.
 ``hvp_method`` names the method that worked, ``fallback`` why the earlier ones did not (the
 blocking op as PyTorch names it). When none works, UserCodeError names the op and, found with
 one extra forward under ``ModuleTracker``, the innermost module that runs it.
+
+Across ranks (``ranks``, a ``RankSum``; ``ranks.py``): ``floss.batches`` are this rank's
+share; each call sums this rank's per-batch HVPs (in the parameters' dtype), then one
+``all_reduce(SUM)`` of [Σ H_b·v, local batch count, Σv, (Σv)², ‖v‖₁, failure flag] (P + 5
+float64) gives H·v of the mean over all ranks' batches, bitwise the same on every rank. The
+sums of Σv and (Σv)² are a cheap lockstep check (every rank multiplied the same v). A method
+counts as failed when it failed on any rank, so every rank walks the fallback chain in step
+and picks the same method.
 """
 
 from __future__ import annotations
@@ -37,8 +45,9 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.module_tracker import ModuleTracker
 
-from gradoctor.errors import UserCodeError
+from gradoctor.errors import UsageError, UserCodeError
 from gradoctor.hessian.functional import FunctionalLoss
+from gradoctor.hessian.ranks import RankFailed, RankSum
 from gradoctor.torch_private import TorchDispatchMode
 
 FORWARD_OVER_REVERSE = "forward-over-reverse"
@@ -107,36 +116,75 @@ def default_chain(device: torch.device) -> tuple[Method, ...]:
 
 class HessianVectorProduct:
     """H·v of ``floss``'s mean loss; ``count`` HVPs so far, ``method`` and ``fallback`` once
-    the first call chose them. ``methods`` overrides the chain (tests pin one method)."""
+    the first call chose them. ``methods`` overrides the chain (tests pin one method);
+    ``ranks`` sums over the ranks of a process group (module docstring)."""
 
-    def __init__(self, floss: FunctionalLoss, methods: tuple[Method, ...] | None = None):
+    def __init__(
+        self,
+        floss: FunctionalLoss,
+        methods: tuple[Method, ...] | None = None,
+        ranks: RankSum | None = None,
+    ):
         self.floss = floss
         self.count = 0
         self.method: Method | None = None
         self.fallback: str | None = None
+        self.ranks = ranks
         self._chain = default_chain(floss.layout.device) if methods is None else methods
 
     def __call__(self, flat: torch.Tensor) -> torch.Tensor:
         v = self.floss.layout.unflatten(flat)
-        hv = self._first(v) if self.method is None else self._run(self.method, v)
+        if self.method is None:
+            hv = self._first(flat, v)
+        else:
+            hv = self._run(self.method, flat, v)
         self.count += 1
-        return self.floss.layout.flatten(hv)
+        return hv
 
-    def _run(self, method: Method, v: Tensors) -> Tensors:
+    def _local_sum(self, method: Method, v: Tensors) -> Tensors | None:
+        """Σ over this process's batches of H_b·v (None without batches)."""
         total: Tensors | None = None
         with method.context():
             for batch in self.floss.batches:
                 hv = method.per_batch(self.floss, batch, v)
                 total = hv if total is None else {n: total[n] + hv[n] for n in total}
-        n = len(self.floss.batches)
-        return {name: t / n for name, t in total.items()}
+        return total
 
-    def _first(self, v: Tensors) -> Tensors:
+    def _run(self, method: Method, flat: torch.Tensor, v: Tensors) -> torch.Tensor:
+        """H·v, flat ``[P]`` float64: the mean over this process's batches, or with ``ranks``
+        over every rank's batches (one all-reduce)."""
+        layout = self.floss.layout
+        if self.ranks is None:
+            total = self._local_sum(method, v)
+            assert total is not None  # hessian_spectrum refuses an empty list of batches
+            n = len(self.floss.batches)
+            return layout.flatten({name: t / n for name, t in total.items()})
+
+        def local() -> torch.Tensor:
+            hv = layout.flatten(self._local_sum(method, v) or {})
+            x = flat.to(torch.float64)
+            c = float(x.sum())
+            extra = [float(len(self.floss.batches)), c, c * c, float(x.abs().sum())]
+            return torch.cat([hv, torch.tensor(extra, dtype=torch.float64, device=hv.device)])
+
+        summed = self.ranks.sum_local(local, layout.size + 4, layout.device)
+        count, *check = summed[layout.size :].tolist()
+        _check_same_vector(*check, world=self.ranks.world)
+        return summed[: layout.size] / count
+
+    def _first(self, flat: torch.Tensor, v: Tensors) -> torch.Tensor:
         failures: list[tuple[Method, BaseException]] = []
         for method in self._chain:
             try:
-                hv = self._run(method, v)
+                hv = self._run(method, flat, v)
             except torch.cuda.OutOfMemoryError:  # not a missing derivative; the same for all
+                raise
+            except RankFailed as exc:  # another rank's failure, seen here
+                if exc.fatal:
+                    raise
+                failures.append((method, exc))
+                continue
+            except UsageError:  # ranks out of step: no method would help
                 raise
             except Exception as exc:  # an op without the derivative this method needs
                 failures.append((method, exc))
@@ -159,6 +207,21 @@ class HessianVectorProduct:
             hint="replace that op with one that has double-backward support, or give its "
             "custom autograd.Function a differentiable backward (and a jvp for forward AD)",
         )
+
+
+def _check_same_vector(sum_c: float, sum_c2: float, sum_l1: float, *, world: int) -> None:
+    """Every rank must have multiplied the same vector v (lockstep). From the sums over ranks
+    of c = Σv, c² and ‖v‖₁ only, so every rank reaches the same verdict: the spread of c over
+    ranks must be below 1e-6·‖v‖₁ (far above rounding, far below any real mismatch)."""
+    variance = sum_c2 / world - (sum_c / world) ** 2
+    if not variance > (1e-6 * sum_l1 / world) ** 2:  # NaN passes: not a mismatch
+        return
+    raise UsageError(
+        f"the {world} ranks multiplied different vectors (the sums of their entries spread "
+        f"by {variance**0.5:.3g} around {sum_c / world:.6g}): the ranks are out of step",
+        hint="pass the same v0, preconditioner and rayleigh directions (and seed) on every "
+        "rank, and run every rank with the same numpy/scipy and thread count",
+    )
 
 
 _PATTERNS = (
@@ -212,6 +275,8 @@ def locate_op(floss: FunctionalLoss, ops: set[str]) -> str | None:
     """The qualified name of the innermost module whose forward runs one of ``ops`` (or the
     forward op of a ``*_backward``), found with one forward on the first batch; None if not
     seen."""
+    if not floss.batches:  # a rank without batches (distributed)
+        return None
     names = set().union(*(_forward_names(op) for op in ops))
     # Parameters that require grad, as in the HVP's own forward: some ops dispatch to another
     # kernel without autograd (embedding_bag -> _embedding_bag_forward_only).

@@ -16,8 +16,21 @@ It never changes the trajectory: the loss is evaluated in fp32 through ``functio
 with cloned buffers (BatchNorm statistics untouched), dropout is off during the measurement,
 ``.grad`` and every module's mode are restored, and torch's RNG is forked around it (tested:
 the losses of a run with the instrument are bitwise those of a run without). Host syncs: one
-per HVP, on measurement steps only. Under distributed training it is off (each rank would
-measure its own shard of the batch; the all-reduced HVP is not built yet) and says so.
+per HVP, on measurement steps only.
+
+Under DDP every rank measures at the same steps (the schedule is deterministic), each on its
+own micro-batches, with the HVPs all-reduced over the ranks (``hessian_spectrum(
+process_group=...)``: per measurement 12 collectives, 11 of them of P + 5 float64, one per
+HVP) and g the step's gradient, which DDP has already averaged over the ranks. The Hessian
+measured is that of the mean of all ranks' micro-batch losses (each micro-batch weighs the
+same), which is the global batch's loss that DDP's averaged gradient descends when the
+ranks' micro-batches are equal-sized (a DistributedSampler pads the data so that they are;
+with unequal shards the two weightings differ). BatchNorm normalises each rank's
+micro-batch with its own statistics, as DDP's training forward does. Every rank gets the
+same values (rank 0's go to the report and TensorBoard). Under FSDP it is off: FSDP2 shards
+the parameters into DTensors, and the functional loss (``functional_call`` over the full
+parameters) does not run on shards; the first due step records that reason as its
+``error`` (``FSDP_REASON``), as an unmeasurable loss does.
 
 Records go to ``history.sharpness`` and TensorBoard (``curvature/sharpness``,
 ``curvature/batch_sharpness``, ``curvature/threshold``) at the interval flush; the
@@ -32,6 +45,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from gradoctor.errors import GradoctorError
 from gradoctor.hessian.api import hessian_spectrum
@@ -44,6 +58,11 @@ from gradoctor.training.batches import compute_loss
 from gradoctor.training.state import TrainState
 
 LANCZOS_HVPS = 10  # per measurement: 9 Lanczos steps and the residual HVP (plus 1 for g)
+FSDP_REASON = (
+    "sharpness is not measured under FSDP: FSDP2 shards the parameters into DTensors and the "
+    "Hessian-vector products need every rank to hold the full parameters; train with DDP "
+    "(distributed.strategy: ddp) or measure a checkpoint with gradoctor curvature"
+)
 
 
 class SharpnessInstrument(Instrument):
@@ -51,10 +70,19 @@ class SharpnessInstrument(Instrument):
 
     name = "sharpness"
 
-    def __init__(self, state: TrainState, every: int, tb: TensorBoardSink):
+    def __init__(
+        self,
+        state: TrainState,
+        every: int,
+        tb: TensorBoardSink,
+        process_group: dist.ProcessGroup | None = None,
+        unsupported: str | None = None,
+    ):
         self.state = state
         self.every = every
         self.tb = tb
+        self.process_group = process_group  # DDP: HVPs all-reduced over these ranks
+        self.unsupported = unsupported  # recorded as the first due step's error
         self._batches: list[Any] = []
         self._v0: torch.Tensor | None = None
         self._preconditioned_v0: torch.Tensor | None = None
@@ -96,6 +124,8 @@ class SharpnessInstrument(Instrument):
 
     # ---- one measurement ------------------------------------------------------------------
     def _measure(self, view: StepView, batches: list[Any]) -> dict[str, Any] | None:
+        if self.unsupported is not None:
+            raise GradoctorError(self.unsupported)
         s = self.state
         stability = stability_threshold(s.optimizer)
         precondition = None
@@ -122,6 +152,7 @@ class SharpnessInstrument(Instrument):
                 seed=view.step,
                 preconditioner=precondition,
                 rayleigh={"gradient": gradient},
+                process_group=self.process_group,
             )
         vector = result.eigenvectors[:, 0] if result.eigenvectors is not None else None
         if precondition is not None:
@@ -145,11 +176,18 @@ def sharpness_instruments(
     recipe: Recipe, state: TrainState, tb: TensorBoardSink, distributed: bool
 ) -> list[Instrument]:
     """The instruments ``gradoctor.api`` adds to a run: the sharpness instrument when
-    ``diagnostics.sharpness_every`` is set and the run is a single process."""
+    ``diagnostics.sharpness_every`` is set, on one process or under DDP (HVPs all-reduced
+    over the default process group); under FSDP one that records why it does not measure
+    (module docstring)."""
     every = recipe.diagnostics.sharpness_every
-    if not every or distributed:
+    if not every:
         return []
-    return [SharpnessInstrument(state, every, tb)]
+    if state.fsdp:
+        return [SharpnessInstrument(state, every, tb, unsupported=FSDP_REASON)]
+    group = None
+    if distributed and dist.is_initialized() and dist.get_world_size() > 1:
+        group = dist.group.WORLD
+    return [SharpnessInstrument(state, every, tb, process_group=group)]
 
 
-__all__ = ["LANCZOS_HVPS", "SharpnessInstrument", "sharpness_instruments"]
+__all__ = ["FSDP_REASON", "LANCZOS_HVPS", "SharpnessInstrument", "sharpness_instruments"]
