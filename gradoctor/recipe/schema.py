@@ -48,6 +48,7 @@ class Thresholds:
     ResNet/transformer) silent; each is documented in the README's triage table."""
 
     explode_growth: float = 100.0  # total grad norm: late median / early median
+    explode_grad_to_param: float = 100.0  # total grad norm / total parameter norm, first log step
     explode_depth_ratio: float = 1.0e3  # input-side / output-side grad RMS, sustained
     vanish_depth_ratio: float = 1.0e-3  # input-side / output-side grad RMS, sustained
     vanish_floor: float = 1.0e-10  # a module's grad RMS below this (with others above) is vanished

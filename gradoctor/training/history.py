@@ -79,6 +79,7 @@ class History:
         default_factory=dict
     )  # module -> ratios at log steps
     update_ratio_steps: list[int] = field(default_factory=list)
+    param_norm_total: list[float] = field(default_factory=list)  # ||W|| at update_ratio_steps
     step_time_s: list[float] = field(default_factory=list)  # per interval mean
     samples_per_s: list[float] = field(default_factory=list)
     step_time_steps: list[int] = field(default_factory=list)
@@ -122,6 +123,7 @@ class History:
         n_upd = sum(1 for s in self.update_ratio_steps if s <= last_step)
         self.update_ratio_steps = self.update_ratio_steps[:n_upd]
         self.update_ratio = {k: v[:n_upd] for k, v in self.update_ratio.items()}
+        self.param_norm_total = self.param_norm_total[:n_upd]
         n_t = sum(1 for s in self.step_time_steps if s <= last_step)
         self.step_time_s, self.samples_per_s = self.step_time_s[:n_t], self.samples_per_s[:n_t]
         self.step_time_steps = self.step_time_steps[:n_t]
@@ -204,6 +206,7 @@ class History:
             "module_nonfinite": self.module_nonfinite,
             "update_ratio_steps": self.update_ratio_steps,
             "update_ratio": self.update_ratio,
+            "param_norm_total": self.param_norm_total,
             "step_time_s": self.step_time_s,
             "samples_per_s": self.samples_per_s,
             "step_time_steps": self.step_time_steps,
@@ -258,6 +261,7 @@ class History:
             "forward_order",
             "sharpness",
             "initial_loss",
+            "param_norm_total",
         ):
             if key in data:
                 setattr(h, key, data[key])

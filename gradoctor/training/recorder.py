@@ -131,6 +131,7 @@ class Recorder:
             upd = self.index.per_module(data.update_norms[None])[0]
             par = self.index.per_module(data.param_norms[None])[0]
             h.update_ratio_steps.append(steps[-1])
+            h.param_norm_total.append(float(np.sqrt(np.square(data.param_norms).sum())))
             for name, u, p in zip(self.index.modules, upd, par):
                 h.update_ratio.setdefault(name, []).append(float(u / p) if p > 0 else 0.0)
         h.step_time_s.append(step_s)

@@ -75,6 +75,8 @@ def test_bad_init_also_gets_bad_initial_loss(name, tmp_path):
     (d,) = [d for d in result.diagnoses if d["code"] == "bad_initial_loss"]
     assert d["evidence"]["chance"] == pytest.approx(math.log(4), rel=1e-6)
     assert d["evidence"]["ratio"] > 1e3
+    (g,) = [d for d in result.diagnoses if d["code"] == "exploding_gradients"]
+    assert g["evidence"]["ratio"] > 1e3  # against the parameter norm, from the start
 
 
 @pytest.mark.parametrize("depth", [12, 24])

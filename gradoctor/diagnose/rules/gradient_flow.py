@@ -23,6 +23,39 @@ def _rms(ctx: RunContext, order: list[str]) -> np.ndarray:
     return norms[keep][:, cols] / np.sqrt(numel)
 
 
+def _absurd_from_the_start(
+    ctx: RunContext, steps: np.ndarray, totals: np.ndarray
+) -> list[Diagnosis]:
+    """The total gradient norm over the first log interval against the total parameter norm
+    measured at its end: a ratio of ``explode_grad_to_param`` or more means an update of lr·g
+    would dwarf the weights at any usual learning rate."""
+    h = ctx.history
+    if not h.param_norm_total or not h.update_ratio_steps or not len(steps):
+        return []
+    first_step, weights = h.update_ratio_steps[0], h.param_norm_total[0]
+    early = totals[(steps <= first_step) & np.isfinite(totals)]
+    if weights <= 0 or not len(early):
+        return []
+    grad = float(np.median(early))
+    ratio = grad / weights
+    if ratio < ctx.thresholds.explode_grad_to_param:
+        return []
+    return [
+        Diagnosis(
+            code="exploding_gradients",
+            severity="warning",
+            message=f"the total gradient norm is {ratio:.3g}x the parameter norm from the start "
+            f"({grad:.3g} vs {weights:.3g} over steps 1-{first_step})",
+            modules=_largest(ctx),
+            steps=[int(steps[0]), int(first_step)],
+            evidence={"grad_norm": grad, "param_norm": weights, "ratio": ratio},
+            fix="check the initialisation scale (Kaiming/Xavier for the activation in use) and the "
+            "loss's scale (a sum instead of a mean, unnormalised targets); set "
+            "train.clip_grad_norm (e.g. 1.0)",
+        )
+    ]
+
+
 def _second_half(x: np.ndarray) -> np.ndarray:
     return x[len(x) // 2 :]
 
@@ -56,6 +89,8 @@ def check(ctx: RunContext) -> list[Diagnosis]:
                     fix="lower the learning rate, set train.clip_grad_norm (e.g. 1.0), or add normalization to the named modules",
                 )
             )
+    # 2. absurdly large against the weights from the start (growth needs time to show)
+    out += _absurd_from_the_start(ctx, steps, totals)
     order = ctx.depth_order()
     if len(order) < 2:
         return out
@@ -65,7 +100,7 @@ def check(ctx: RunContext) -> list[Diagnosis]:
     steps = ctx.module_steps()[~ctx.module_skipped()]
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio_in_out = rms[:, 0] / rms[:, -1]
-    # 2. growing toward the input
+    # 3. growing toward the input
     held = np.mean(np.isfinite(ratio_in_out) & (ratio_in_out > th.explode_depth_ratio))
     if held >= th.sustained_fraction:
         med = float(np.median(ratio_in_out[np.isfinite(ratio_in_out)]))

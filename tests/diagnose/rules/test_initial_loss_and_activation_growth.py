@@ -115,3 +115,32 @@ def test_strongest_growth_against_brute_force_truth():
         if np.median(steps[a:b]) >= math.log(1.5)
     )
     assert total <= best * (1 + 1e-12)  # never more than the best qualifying stretch
+
+
+def absurd_ctx(grad, weights, n=30):
+    h = history(n=n, norms=[[grad / 3**0.5] * 3] * n)
+    h.update_ratio_steps = [10, 20, 30]
+    h.param_norm_total = [weights, weights, weights]
+    return context(h)
+
+
+@pytest.mark.parametrize(
+    ("grad", "weights", "fires"),
+    [(5e5, 100.0, True), (1e4, 100.0, True), (9.9e3, 100.0, False), (1.0, 30.0, False)],
+)
+def test_exploding_gradients_fires_on_an_absurd_norm_from_the_start(grad, weights, fires):
+    from gradoctor.diagnose.rules import gradient_flow
+
+    found = [
+        d for d in gradient_flow.check(absurd_ctx(grad, weights)) if "from the start" in d.message
+    ]
+    assert bool(found) == fires
+    if fires:
+        assert found[0].evidence["ratio"] == pytest.approx(grad / weights)
+        assert found[0].steps == [1, 10]
+
+
+def test_param_norms_are_truncated_with_the_update_ratios():
+    h = absurd_ctx(1.0, 1.0).history
+    h.truncate(15)
+    assert h.update_ratio_steps == [10] and h.param_norm_total == [1.0]
