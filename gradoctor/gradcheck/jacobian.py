@@ -15,10 +15,16 @@ Two modes, chosen by cost:
   probe is bisected over input elements (``2 log2 N`` forwards per wrong element) and then
   over output elements (backwards) down to single Jacobian entries.
 
-Kinks: where the one-sided differences disagree and keep disagreeing at a 10x smaller step,
-the entry is a non-differentiable point, not a failure, as long as the analytic value lies
-between the one-sided derivatives. The comparison is then repeated just off the kink on both
-sides (``x +- delta``) and only failures there count.
+Kinks (one rule, ``_kink_rows``, for every comparison, whichever check runs it): where the
+one-sided differences disagree and keep disagreeing at a 10x smaller step, the entry is a
+non-differentiable point, not a failure, as long as the analytic value lies between the
+one-sided derivatives; where the central quotient does not converge (a jump, as in the double
+backward of any piecewise-linear layer) no derivative exists to compare. Full mode applies the
+rule to every disagreeing entry, probe mode to every entry of a located column. A probe whose
+error sits on no single element (it appears only when elements move together, which happens
+only at a jump) is judged by the same rule along the probe direction. Either way the
+comparison is then repeated just off the kinks on both sides (``x +- delta``) and only
+failures there count. A located mismatch therefore always has analytic != numeric.
 """
 
 from __future__ import annotations
@@ -146,24 +152,11 @@ def _full(fn, x, f0, h, atol, rtol, gen, n_probes, context):
     kink_entries: set[tuple[int, int]] = set()
     suspects: list[int] = []
     for j in cols[:MAX_KINK_COLUMNS]:
-        e = torch.zeros(n, dtype=torch.float64)
-        e[j] = 1.0
-        (f1, b1), (fwd, bwd) = _one_sided(fn, x, f0, e, h)
         rows = torch.nonzero(bad[:, j]).flatten().tolist()
-        for i in rows:
-            kind = _nondifferentiable(
-                float(f1[i]),
-                float(b1[i]),
-                float(fwd[i]),
-                float(bwd[i]),
-                float(ja[i, j]),
-                float(tol[i, j]),
-            )
-            if kind:
-                kink_entries.add((i, j))
-        if all((i, j) in kink_entries for i in rows):
-            name, idx = fn.locate_input(j)
-            result.kinks.append(f"{name}{list(idx)}" + (f" ({context})" if context else ""))
+        kinks = _kink_rows(fn, x, f0, _unit(n, j), h, rows, ja[:, j], tol[:, j])
+        kink_entries.update((i, j) for i in kinks)
+        if len(kinks) == len(rows):
+            result.kinks.append(_kink_label(fn, j, context))
             suspects.append(j)
     unclassified = cols[MAX_KINK_COLUMNS:]
     for i, j in torch.nonzero(bad).tolist():
@@ -263,18 +256,23 @@ def _probes(fn, x, f0, h, atol, rtol, gen, n_probes, context):
         if abs(e_all) <= tol_all:
             continue
         leaves = _bisect(n, error, e_all)
-        if not leaves:
-            result.mismatches.append(Mismatch("probe", (), "v . out", None, s_a, s_n, context))
-            continue
+        explained = False
         for j in leaves:
-            e = torch.zeros(n, dtype=torch.float64)
-            e[j] = 1.0
-            kink = _scalar_kink(fn, x, f0, e, h, v, float(g[j]), floor)
-            if kink:
-                name, idx = fn.locate_input(j)
-                result.kinks.append(f"{name}{list(idx)}" + (f" ({context})" if context else ""))
-                continue
-            result.mismatches.extend(_locate_outputs(fn, x, j, h, floor, rtol, context))
+            kinks, wrong = _classify_leaf(fn, x, f0, j, h, floor, rtol, context)
+            if kinks:
+                result.kinks.append(_kink_label(fn, j, context))
+            result.mismatches += wrong
+            explained = explained or bool(kinks or wrong)
+        if explained:
+            continue
+        # No single element carries the disagreement: it appears only when several move
+        # together, which a differentiable function cannot do (its difference quotients are
+        # additive up to O(h)). Judge the probe direction itself by the same kink rule.
+        f1, b1, f2, b2 = (float(v @ q) for pair in _one_sided(fn, x, f0, u, h) for q in pair)
+        if _nondifferentiable(f1, b1, f2, b2, s_a, tol_all):
+            result.kinks.append("probe direction" + (f" ({context})" if context else ""))
+        else:
+            result.mismatches.append(Mismatch("probe", (), "v . out", None, s_a, s_n, context))
     result.ok = not result.mismatches and not result.kinks
     result.sensitivity = 2 * worst_tol
     if not result.ok:
@@ -317,35 +315,78 @@ def _nondifferentiable(f1: float, b1: float, f2: float, b2: float, a: float, tol
     lies between them (a valid subgradient; outside them it is a failure). A jump: the central
     quotient does not converge (it grows like 1/h), so no derivative exists at all.
     """
+    c1, c2 = (f1 + b1) / 2, (f2 + b2) / 2
+    if abs(c2 - c1) > tol and abs(c2) > 5 * abs(c1):
+        return True  # a jump (with or without a kink on top): no derivative to compare
     gap1, gap2 = abs(f1 - b1), abs(f2 - b2)
     if gap2 > tol and gap2 > 0.5 * gap1:
         lo, hi = sorted((f2, b2))
         return lo - tol <= a <= hi + tol
-    c1, c2 = (f1 + b1) / 2, (f2 + b2) / 2
-    return abs(c2 - c1) > tol and abs(c2) > 5 * abs(c1)
+    return False
 
 
-def _scalar_kink(fn, x, f0, e, h, v, a, floor) -> bool:
-    """Whether ``v . f`` is non-differentiable along ``e`` (see ``_nondifferentiable``)."""
-    (f1, b1), (f2, b2) = _one_sided(fn, x, f0, e, h)
-    return _nondifferentiable(float(v @ f1), float(v @ b1), float(v @ f2), float(v @ b2), a, floor)
-
-
-def _locate_outputs(fn, x, j, h, floor, rtol, context) -> list[Mismatch]:
-    """Output elements whose d out_i / d in_j is wrong: numeric column, bisected backwards."""
-    e = torch.zeros(fn.n, dtype=torch.float64)
+def _unit(n: int, j: int) -> torch.Tensor:
+    e = torch.zeros(n, dtype=torch.float64)
     e[j] = 1.0
-    col = (fn.value(x + h * e) - fn.value(x - h * e)) / (2 * h)
+    return e
+
+
+def _kink_label(fn, j: int, context: str) -> str:
+    name, idx = fn.locate_input(j)
+    return f"{name}{list(idx)}" + (f" ({context})" if context else "")
+
+
+def _kink_rows(fn, x, f0, direction, h, rows, analytic, tol) -> set[int]:
+    """The kink rule, for every comparison: which disagreeing output ``rows`` of the column
+    along ``direction`` sit on a non-differentiable point (see ``_nondifferentiable``), given
+    the analytic column ``analytic`` (M,) and per-entry tolerances ``tol`` (M,) or a float.
+    Cost: four forwards (none when ``rows`` is empty)."""
+    if not rows:
+        return set()
+    (f1, b1), (f2, b2) = _one_sided(fn, x, f0, direction, h)
+    tols = tol if isinstance(tol, torch.Tensor) else torch.full_like(f0, float(tol))
+    return {
+        i
+        for i in rows
+        if _nondifferentiable(
+            float(f1[i]),
+            float(b1[i]),
+            float(f2[i]),
+            float(b2[i]),
+            float(analytic[i]),
+            float(tols[i]),
+        )
+    }
+
+
+def _classify_leaf(fn, x, f0, j, h, floor, rtol, context) -> tuple[set[int], list[Mismatch]]:
+    """Input element ``j``, where a probe's error concentrated: its disagreeing Jacobian
+    entries (located over outputs), split by the kink rule into kink rows and mismatches.
+    Both empty when the column agrees entry by entry (the probe's error came from moving
+    several elements together)."""
+    located = _locate_outputs(fn, x, j, h, floor, rtol, context)
+    rows = [i for i, _, _ in located]
+    analytic = torch.zeros(fn.m, dtype=torch.float64)
+    for i, a, _ in located:
+        analytic[i] = a
+    kinks = _kink_rows(fn, x, f0, _unit(fn.n, j), h, rows, analytic, floor)
+    wrong = [_mismatch(fn, j, i, a, n_val, context) for i, a, n_val in located if i not in kinks]
+    return kinks, wrong
+
+
+def _locate_outputs(fn, x, j, h, floor, rtol, context) -> list[tuple[int, float, float]]:
+    """Output elements whose d out_i / d in_j disagrees, as ``(i, analytic, numeric)``:
+    the numeric column (2 forwards) against the analytic one (M backwards when M <= 256,
+    else bisected backwards). Empty when every entry agrees."""
+    col = (fn.value(x + h * _unit(fn.n, j)) - fn.value(x - h * _unit(fn.n, j))) / (2 * h)
     m = fn.m
     if m <= 256:
         ja = torch.stack(fn.vjps(x, list(torch.eye(m, dtype=torch.float64))))[:, j]
         tol = floor + rtol * col.abs()
         bad = torch.nonzero(~((ja - col).abs() <= tol)).flatten().tolist()
-        if not bad:
-            bad = [int((ja - col).abs().argmax())]
-        return [_mismatch(fn, j, i, float(ja[i]), float(col[i]), context) for i in bad]
+        return [(i, float(ja[i]), float(col[i])) for i in bad]
     frontier = [torch.arange(m)]
-    found: list[Mismatch] = []
+    found: list[tuple[int, float, float]] = []
     while frontier and len(found) < MAX_LEAVES:
         halves = []
         for idx in frontier:
@@ -365,7 +406,7 @@ def _locate_outputs(fn, x, j, h, floor, rtol, context) -> list[Mismatch]:
             if abs(a - n_val) <= floor + rtol * abs(n_val):
                 continue
             if idx.numel() == 1:
-                found.append(_mismatch(fn, j, int(idx[0]), a, n_val, context))
+                found.append((int(idx[0]), a, n_val))
             else:
                 frontier.append(idx)
     return found

@@ -28,12 +28,19 @@ class Mismatch:
     def abs_error(self) -> float:
         return abs(self.analytic - self.numeric)
 
+    def formatted(self) -> tuple[str, str]:
+        """``(analytic, numeric)`` as printed: 6 significant digits, more when needed to
+        show that the two differ (a reported mismatch never prints two equal values)."""
+        for digits in (6, 9, 12, 17):
+            a, n = f"{self.analytic:.{digits}g}", f"{self.numeric:.{digits}g}"
+            if a != n:
+                break
+        return a, n
+
     def describe(self) -> str:
         where = f"d {self.output}{list(self.output_index) if self.output_index is not None else ''}"
-        text = (
-            f"{where} / d {self.input}{list(self.input_index)}: analytic {self.analytic:.6g}, "
-            f"numeric {self.numeric:.6g}"
-        )
+        a, n = self.formatted()
+        text = f"{where} / d {self.input}{list(self.input_index)}: analytic {a}, numeric {n}"
         return text + (f" ({self.context})" if self.context else "")
 
     def to_dict(self) -> dict[str, Any]:

@@ -52,8 +52,7 @@ def render_case(case: CaseResult, console: Console) -> None:
                     _idx(m.input_index),
                     escape(m.output),
                     _idx(m.output_index),
-                    f"{m.analytic:.6g}",
-                    f"{m.numeric:.6g}",
+                    *m.formatted(),
                     escape(m.context),
                 )
             console.print(mm)
