@@ -1,4 +1,5 @@
 import copy
+import socket
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,10 @@ def recipe_factory(tmp_path):
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface (for a spawned process group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

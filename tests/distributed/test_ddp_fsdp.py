@@ -4,15 +4,13 @@ One spawn runs every case (each process pays torch's import once)."""
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 import gradoctor
-from tests.conftest import base_recipe
+from tests.conftest import base_recipe, free_port
 from tests.distributed import _worker
 from tests.distributed.cases import CASES
 
@@ -20,12 +18,6 @@ pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
     reason="torch.distributed with gloo is not available",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

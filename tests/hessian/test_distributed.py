@@ -5,7 +5,6 @@ the sharpness instrument of a DDP run. One spawn runs every case (``_dist_worker
 from __future__ import annotations
 
 import json
-import socket
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ import torch.multiprocessing as mp
 import gradoctor
 from gradoctor.hessian import hessian_spectrum
 from gradoctor.hessian.sharpness_instrument import FSDP_REASON
-from tests.conftest import base_recipe
+from tests.conftest import base_recipe, free_port
 from tests.hessian import _dist_worker as worker
 from tests.hessian.conftest import cross_entropy_loss
 from tests.hessian.test_recipe_curvature import regression_recipe
@@ -26,12 +25,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 ADAM = {"optimizer._component_": "torch.optim.Adam", "optimizer.lr": 0.01}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
