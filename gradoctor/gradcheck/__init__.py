@@ -2,6 +2,8 @@
 
 Public API: :class:`Case`, :func:`check_grads`, :func:`assert_grads_correct`,
 :func:`check_file`; results are :class:`CaseResult` / :class:`GradCheckReport`.
+``Case(..., surrogate=fn)`` declares a straight-through estimator (its backward is checked
+against finite differences of ``fn``, not of the forward).
 """
 
 from gradoctor.gradcheck.api import (

@@ -80,10 +80,44 @@ def run_case(case: Case, *, seed: int = 0, fast: bool = False) -> CaseResult:
             "nothing): there is no gradient to check",
             hint="return the tensor output(s) whose gradients should be checked",
         )
+    _check_surrogate(ctx)
     results: list[CheckResult] = []
     for check in CHECKS:
         results += check(ctx)
     return CaseResult(case.name, results, time.perf_counter() - start)
+
+
+def _check_surrogate(ctx: CheckContext) -> None:
+    """A declared surrogate must return the forward's floating outputs' shapes (one call);
+    otherwise its differences cannot stand in for the forward's. Raises UsageError."""
+    case, target = ctx.case, ctx.target
+    if case.surrogate is None:
+        return
+    if not callable(case.surrogate):
+        raise UsageError(
+            f"case '{case.name}': surrogate is a {type(case.surrogate).__name__}, not callable",
+            hint="pass the function whose derivative the backward computes, e.g. F.hardtanh",
+        )
+    try:
+        with torch.no_grad(), target.rng():
+            outs = target.call(target.values, surrogate=True)
+    except Exception as exc:
+        frames = user_frames(exc).rstrip()
+        call = "surrogate(module, *inputs)" if target.module is not None else "surrogate(*inputs)"
+        raise UsageError(
+            f"case '{case.name}': {call} raised {type(exc).__name__}: {exc}\n{frames}",
+            hint="the surrogate is called like the case's forward (a Module's gets the module "
+            "first) and returns outputs of the same shapes",
+        ) from exc
+    want = [tuple(s) for s in target.output_shapes]
+    got = [tuple(t.shape) for t in outs]
+    if got != want:
+        raise UsageError(
+            f"case '{case.name}': the surrogate returns floating outputs of shapes {got}, "
+            f"the forward {want}",
+            hint="return the same outputs as the forward (the function whose derivative the "
+            "backward computes)",
+        )
 
 
 def check_grads(
@@ -99,7 +133,9 @@ def check_grads(
     """Check the gradients of a function, ``autograd.Function`` class or ``nn.Module``.
 
     ``inputs`` is a tuple of positional arguments (a single tensor is accepted);
-    ``case_options`` are :class:`Case` fields (``batched``, ``batch_mixing``, ``atol`` ...).
+    ``case_options`` are :class:`Case` fields (``batched``, ``batch_mixing``, ``atol`` ...;
+    ``surrogate=fn`` for a straight-through estimator: finite differences of ``fn``, called
+    like the case, stand in for the forward's).
     A :class:`Case` may be passed instead of ``fn_or_module``. Returns the CaseResult the
     CLI reports; ``.passed`` tells the outcome. The objects passed are not modified.
     """

@@ -34,6 +34,15 @@ class Case:
     # atol * max|J| + rtol * |numeric| (atol is relative to the Jacobian's largest entry).
     atol: float = 1e-5
     rtol: float = 1e-3
+    # A straight-through estimator's backward (quantisation, binarisation, sampling) is on
+    # purpose not the derivative of its forward: name the function whose derivative it should
+    # equal (the identity for the classic STE of ``round``, ``F.hardtanh`` for the clipped
+    # one). It is called like the case -- ``surrogate(*inputs, **kwargs)``; for a Module
+    # case ``surrogate(module, *inputs, **kwargs)``, as ``forward(self, ...)`` is -- and must
+    # return outputs of the same shapes. Finite differences are then taken of it, not of the
+    # forward, in every first-order comparison; checks that compare only the case with itself
+    # (double backward, repeated backward, forward values) are unchanged.
+    surrogate: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.inputs, list):

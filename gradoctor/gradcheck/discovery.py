@@ -4,8 +4,11 @@ The convention (a contract): every class *defined in the file* that subclasses
 ``torch.autograd.Function`` or ``torch.nn.Module`` and has an ``example_inputs()``
 staticmethod or classmethod is a case (a Function is called as ``Fn.apply(*inputs)``, a
 Module is built with no arguments and called as ``module(*inputs)``); a class attribute
-``gradoctor_case = {...}`` passes ``Case`` options (e.g. ``{"batch_mixing": True}``). A
-module-level ``gradoctor_cases()`` may return more :class:`~gradoctor.gradcheck.case.Case`.
+``gradoctor_case = {...}`` passes ``Case`` options (e.g. ``{"batch_mixing": True}``, or
+``{"surrogate": F.hardtanh}`` for a straight-through estimator: the function whose derivative
+the backward computes, differentiated numerically instead of the forward; called like the
+case, a Module's with the module first). A module-level ``gradoctor_cases()`` may return more
+:class:`~gradoctor.gradcheck.case.Case`.
 """
 
 from __future__ import annotations

@@ -3,17 +3,25 @@
 Value patterns compare ``a = (J^T v)`` from backward with ``n`` from finite differences on
 one slot: zero (gradient missing), sign flipped, constant factor, transposed. Batch patterns
 look at where the wrong entries sit. Context patterns ("only at batch size > 1") are added by
-the checks themselves, which know the context they ran in.
+the checks themselves, which know the context they ran in. A numeric gradient that is 0
+almost everywhere while the forward does move at larger steps is a piecewise-constant
+forward (round, sign, sampling) with a surrogate backward: a straight-through estimator,
+which the case should declare (``surrogate=``) rather than fail.
 """
 
 from __future__ import annotations
 
 import torch
 
-from gradoctor.gradcheck.jacobian import numeric_vjp
+from gradoctor.gradcheck.jacobian import numeric_vjp, rademacher
 from gradoctor.gradcheck.result import Mismatch
 
 NUMERIC_SLOT_BUDGET = 256  # elements of one slot differentiated numerically for a pattern
+STE_HINT = (
+    "numeric gradient 0 almost everywhere, yet the forward is not constant: a straight-"
+    "through estimator (round, sign, sampling)? declare the function whose derivative the "
+    'backward computes: Case(..., surrogate=fn) or gradoctor_case = {"surrogate": fn}'
+)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-3) -> bool:
@@ -63,13 +71,43 @@ def pattern_for(fn, mismatches: list[Mismatch], seed: int = 0) -> str | None:
         start = sum(fn.sizes[:k])
         a = fn.vjp(fn.x0, v)[start : start + fn.sizes[k]]
         n = numeric_vjp(fn, v, k)
+        if _straight_through(fn, k, a, n, seed):
+            return STE_HINT
         return value_pattern(a, n, fn.slots[k].shape)
     same = [m for m in mismatches if m.input == worst.input]
-    if len(same) < 3:  # too few located entries to call a relation between a and n
-        return f"isolated: {len(same)} wrong entr{'y' if len(same) == 1 else 'ies'} located"
     a = torch.tensor([m.analytic for m in same])
     n = torch.tensor([m.numeric for m in same])
+    if len(same) >= 3 and _straight_through(fn, k, a, n, seed):
+        return STE_HINT
+    if len(same) < 3:  # too few located entries to call a relation between a and n
+        return f"isolated: {len(same)} wrong entr{'y' if len(same) == 1 else 'ies'} located"
     return value_pattern(a, n, None)
+
+
+def _straight_through(fn, k: int, a: torch.Tensor, n: torch.Tensor, seed: int) -> bool:
+    """An undeclared straight-through estimator on slot ``k``: the numeric gradient ``n`` is
+    ~0 on at least 90% of the entries (a jump within the step accounts for the rest) where
+    the analytic ``a`` mostly is not, and the forward does change when the slot moves by a
+    large step (half its RMS plus 0.5): piecewise constant, not constant. Two forwards."""
+    if getattr(fn, "surrogate", False) or not hasattr(fn, "value") or n.numel() == 0:
+        return False
+    a, n = a.reshape(-1).double(), n.reshape(-1).double()
+    scale = float(a.abs().max())
+    if scale == 0.0:
+        return False
+    zero = n.abs() <= 1e-9 * scale
+    if (
+        float(zero.double().mean()) < 0.9
+        or float((a[zero].abs() > 1e-9 * scale).double().mean()) < 0.1
+    ):
+        return False
+    start = sum(fn.sizes[:k])
+    gen = torch.Generator().manual_seed(seed + 23)
+    d = torch.zeros(fn.n, dtype=torch.float64)
+    piece = fn.x0[start : start + fn.sizes[k]]
+    rms = float(piece.pow(2).mean().sqrt()) if piece.numel() else 0.0
+    d[start : start + fn.sizes[k]] = rademacher(fn.sizes[k], gen) * (0.5 + 0.5 * rms)
+    return not torch.equal(fn.value(fn.x0 + d), fn.value(fn.x0))
 
 
 def off_diagonal_batch(mismatches: list[Mismatch], batched_inputs: set[str]) -> bool:

@@ -230,11 +230,14 @@ class Target:
         self,
         values: Sequence[torch.Tensor],
         prepare: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        surrogate: bool = False,
     ) -> list[torch.Tensor]:
         """Run the case with ``values`` in the slots; returns its floating outputs, flattened.
 
         ``prepare`` is applied to each input slot's tensor before the call (e.g. to make it
-        non-contiguous). The caller decides grad mode and RNG context.
+        non-contiguous). With ``surrogate``, the case's declared surrogate is called instead
+        of its forward (a Module's surrogate gets the loaded module copy first). The caller
+        decides grad mode and RNG context.
         """
         args = list(self.args)
         for slot, v in zip(self.slots, values):
@@ -248,14 +251,19 @@ class Target:
         try:
             if self.module is not None:
                 self._load(values)
-                out = self.module(*args, **self.kwargs)
+                if surrogate:
+                    out = self.case.surrogate(self.module, *args, **self.kwargs)
+                else:
+                    out = self.module(*args, **self.kwargs)
+            elif surrogate:
+                out = self.case.surrogate(*args, **self.kwargs)
             else:
                 out = self.call_fn(*args, **self.kwargs)
         finally:
             if switch:
                 torch.set_default_dtype(old)
         tensors, names = _flatten_outputs(out)
-        if not self.output_names:
+        if not self.output_names and not surrogate:
             self.output_names = names
             self.output_shapes = [tuple(t.shape) for t in tensors]
         return tensors
@@ -334,6 +342,9 @@ class FlatFunction:
         self._shapes = [s.shape for s in self.slots]
         self.n = sum(self.sizes)
         self.prepare, self.grad_layout = prepare, grad_layout
+        # Finite differences (``value``, ``sweep``) of the declared surrogate, when there is
+        # one; the analytic side (``vjp``) is always the case's own backward.
+        self.surrogate = target.case.surrogate is not None
         self.x0 = self.flatten([self.base[i] for i in self.use])
         # Outputs that do not require grad (marked non-differentiable, integer-valued
         # statistics) are left out, as torch.autograd.gradcheck does, unless none requires
@@ -390,7 +401,7 @@ class FlatFunction:
         set_grad_enabled_raw(False)  # torch.no_grad, minus the context object
         try:
             with self.target.rng():
-                outs = self.target.call(self.values_at(x), self.prepare)
+                outs = self.target.call(self.values_at(x), self.prepare, self.surrogate)
                 return self._flat_out(self._kept(outs))
         finally:
             set_grad_enabled_raw(prev)
@@ -405,7 +416,7 @@ class FlatFunction:
         (no user code runs between the calls). Each call still runs under no_grad and
         the RNG replay, and returns a copy, never a view of ``buf``.
         """
-        target, prepare = self.target, self.prepare
+        target, prepare, surrogate = self.target, self.prepare, self.surrogate
         if not (target.dtype is torch.float64 and target.device.type == "cpu"):
             yield lambda: self.value(buf)
             return
@@ -420,7 +431,7 @@ class FlatFunction:
             set_grad(False)
             try:
                 with target.rng():
-                    return self._flat_out(self._kept(target.call(vals, prepare)))
+                    return self._flat_out(self._kept(target.call(vals, prepare, surrogate)))
             finally:
                 set_grad(prev)
 

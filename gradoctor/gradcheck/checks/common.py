@@ -123,6 +123,15 @@ def from_comparison(
     )
 
 
+def surrogate_note(ctx: CheckContext) -> str:
+    """How a comparison's numeric side is described when the case declares a surrogate."""
+    fn = ctx.case.surrogate
+    if fn is None:
+        return ""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return f"numeric: differences of the surrogate {name}, not of the forward"
+
+
 def guarded(name: str, body: Callable[[], list[CheckResult]]) -> list[CheckResult]:
     """Run a check; an exception from the user's code fails it with the user's frames."""
     try:
