@@ -90,3 +90,4 @@ def test_undeclared_tolerance_bias_is_a_false_alarm_only_at_x1e3(seed):
     assert [c.name for c in failing] == ["input ranges"]
     assert "x0.001" in failing[0].message
     assert failing[0].max_rel_error < 1e-3
+    assert "declare the converged solve as the surrogate" in (failing[0].pattern or "")
