@@ -60,15 +60,9 @@ class _ImplicitFixedPoint(torch.autograd.Function):
         return su, su.T @ z
 
 
-class _LastIterationFixedPoint(torch.autograd.Function):
-    """The same fixed point, but the backward of only the last iteration (``u = g``): it
-    drops the ``(I - A)^-T`` of the implicit function theorem. Wrong."""
-
-    @staticmethod
-    def forward(ctx, x, w):
-        z = fixed_point(x, w)
-        ctx.save_for_backward(z, w)
-        return z
+class _LastIterationFixedPoint(_ImplicitFixedPoint):
+    """The same fixed point (forward inherited), but the backward of only the last iteration
+    (``u = g``): it drops the ``(I - A)^-T`` of the implicit function theorem. Wrong."""
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -129,7 +129,7 @@ def test_wrong_surrogate_fails_where_the_derivatives_differ():
     """The identity STE declared with hardtanh: backward 1, hardtanh' 0 outside [-1, 1]."""
     torch.manual_seed(1)
     x = 2.0 * torch.randn(3, 4)
-    case = gradoctor.Case("IdentitySTE", _RoundIdentity, (x,), surrogate=F.hardtanh)
+    case = gradoctor.Case("IdentitySTE", RoundFn, (x,), surrogate=F.hardtanh)
     first = run_case(case).check("first order")
     assert first.status == FAIL
     outside = {tuple(i) for i in torch.nonzero(x.abs() > 1).tolist()}
@@ -137,16 +137,6 @@ def test_wrong_surrogate_fails_where_the_derivatives_differ():
     for m in first.mismatches:
         assert tuple(m.input_index) in outside
         assert (m.analytic, m.numeric) == (pytest.approx(1.0), pytest.approx(0.0, abs=1e-9))
-
-
-class _RoundIdentity(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return torch.round(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return g
 
 
 @pytest.mark.parametrize(
@@ -188,7 +178,7 @@ def test_no_ste_hint_for_a_forward_that_never_moves():
 
 def test_surrogate_through_check_grads_and_class_attribute(sample_cases):
     assert sample_cases["RoundClippedSTE"].surrogate is F.hardtanh
-    result = gradoctor.check_grads(_RoundIdentity, (torch.randn(3, 4),), surrogate=identity)
+    result = gradoctor.check_grads(RoundFn, (torch.randn(3, 4),), surrogate=identity)
     assert result.passed, result.failure_text()
 
 
@@ -201,6 +191,6 @@ def test_surrogate_through_check_grads_and_class_attribute(sample_cases):
     ],
 )
 def test_unusable_surrogate_is_a_usage_error(surrogate, message):
-    case = gradoctor.Case("bad", _RoundIdentity, (torch.randn(3, 4),), surrogate=surrogate)
+    case = gradoctor.Case("bad", RoundFn, (torch.randn(3, 4),), surrogate=surrogate)
     with pytest.raises(UsageError, match=message):
         run_case(case)

@@ -78,9 +78,9 @@ def test_adam_threshold_on_a_quadratic_with_a_frozen_preconditioner():
         assert (np.abs(theta).max() < 1e-3) == stable
 
 
-def adam_step_and_preconditioner(optimizer_class, model, **config):
-    optimizer = optimizer_class(model.parameters(), **config)
-    for _ in range(3):
+def step_and_measure(optimizer, model, warmup):
+    """``warmup`` Adam steps on a fixed batch, then one more: the parameters around it."""
+    for _ in range(warmup):
         optimizer.zero_grad()
         model(
             torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -89,7 +89,7 @@ def adam_step_and_preconditioner(optimizer_class, model, **config):
     before = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
     optimizer.step()  # same gradients again
     after = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    return optimizer, before, after
+    return before, after
 
 
 @pytest.mark.parametrize(
@@ -104,7 +104,8 @@ def test_adam_preconditioner_is_what_torch_adam_divides_by(optimizer_class, conf
     """torch's step is θ ← θ − lr·P⁻¹m: check it with the state after the step."""
     torch.manual_seed(0)
     model = nn.Linear(4, 2).double()
-    optimizer, before, after = adam_step_and_preconditioner(optimizer_class, model, **config)
+    optimizer = optimizer_class(model.parameters(), **config)
+    before, after = step_and_measure(optimizer, model, warmup=3)
     d = adam_preconditioner(optimizer, model)
     m = torch.cat([optimizer.state[p]["exp_avg"].reshape(-1) for p in model.parameters()])
     assert d.dtype == torch.float64 and d.shape == (10,) and (d > 0).all()
@@ -116,15 +117,7 @@ def test_param_groups_with_other_learning_rates_are_folded_into_d():
     model = nn.Linear(4, 2).double()
     groups = [{"params": [model.weight], "lr": 1e-2}, {"params": [model.bias], "lr": 4e-2}]
     optimizer = torch.optim.Adam(groups)
-    for _ in range(2):
-        optimizer.zero_grad()
-        model(
-            torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-        ).square().sum().backward()
-        optimizer.step()
-    before = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
-    optimizer.step()
-    after = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    before, after = step_and_measure(optimizer, model, warmup=2)
     d = adam_preconditioner(optimizer, model)  # at the first group's lr, 1e-2
     m = torch.cat([optimizer.state[p]["exp_avg"].reshape(-1) for p in model.parameters()])
     assert torch.allclose(after - before, -1e-2 * m / d, rtol=1e-10, atol=0)
