@@ -46,6 +46,9 @@ section "NaN replay cost vs a normal step" &&
 section "HVP cost vs a gradient (curvature)" &&
   timeout 120 python bench/hvp_cost.py --gpu --rounds 7 2>&1 | tail -n 6
 
+section "repro: recorded step vs plain step (goal <= 2)" &&
+  timeout 120 python bench/repro_cost.py --gpu --rounds 3 2>&1 | tail -n 4
+
 [ -f bench/checkgrads_speed.py ] && section "check-grads speed" &&
   timeout 60 python bench/checkgrads_speed.py 2>&1 | tail -n 12
 echo "== done in ${SECONDS}s"

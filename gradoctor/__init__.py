@@ -10,6 +10,7 @@ Python API (the CLI calls these):
 - ``gradoctor.curvature(recipe, ...) -> CurvatureResult`` and
   ``gradoctor.hessian_spectrum(model, loss_fn, batches, ...) -> CurvatureResult``
 - ``gradoctor.check_grads(fn_or_module, inputs) -> CaseResult`` (and ``assert_grads_correct``)
+- ``gradoctor.repro(recipe, ...) -> ReproResult``
 
 The names that need torch load on first use (PEP 562), so ``import gradoctor.cli`` and
 ``gradoctor --help`` stay free of torch. Modules inside the package never import this root
@@ -39,6 +40,8 @@ if TYPE_CHECKING:  # the same names, for type checkers and the import graph
     from gradoctor.hessian.recipe_curvature import curvature
     from gradoctor.memory import memory_profile
     from gradoctor.recipe import Recipe, load_recipe
+    from gradoctor.reproducibility.api import repro
+    from gradoctor.reproducibility.result import ReproResult
     from gradoctor.training.result import TrainResult
 
 _LAZY = {
@@ -53,6 +56,8 @@ _LAZY = {
     "hessian_spectrum": "gradoctor.hessian",
     "CurvatureResult": "gradoctor.hessian",
     "Recipe": "gradoctor.recipe",
+    "repro": "gradoctor.reproducibility.api",
+    "ReproResult": "gradoctor.reproducibility.result",
     "load_recipe": "gradoctor.recipe",
     "TrainResult": "gradoctor.training.result",
 }
@@ -81,6 +86,7 @@ __all__ = [
     "Recipe",
     "RecipeError",
     "RecipeProblem",
+    "ReproResult",
     "TrainResult",
     "TrainingInterrupted",
     "UsageError",
@@ -93,6 +99,7 @@ __all__ = [
     "load_recipe",
     "load_report",
     "memory_profile",
+    "repro",
     "train",
     "validate",
 ]

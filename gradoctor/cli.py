@@ -2,7 +2,7 @@
 
 Exit codes (documented in the README): 0 success; 1 the run failed (your code raised) or
 check-grads found a wrong gradient; 2 bad recipe or usage; 3 diagnoses at or above
-``--fail-on``; 4 out of memory; 130 interrupted (Ctrl-C).
+``--fail-on`` (``repro``: the runs differ); 4 out of memory; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -289,6 +289,48 @@ def curvature(
     )
     if os.environ.get("RANK", "0") == "0":  # under torchrun: every rank has the result
         render_curvature(result, Console())
+
+
+@app.command()
+def repro(
+    recipe: Annotated[
+        str | None, typer.Argument(help="The YAML recipe (default ./recipe.yaml).")
+    ] = None,
+    overrides: Overrides = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps to run twice.")] = 3,
+    deterministic_check: Annotated[
+        bool,
+        typer.Option(help="When the runs differ, re-run them in deterministic mode."),
+    ] = True,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the result as JSON here.")
+    ] = None,
+) -> None:
+    """Run the first steps twice in two processes; name the first op that makes them differ."""
+    from gradoctor.report.repro_console import render_repro
+    from gradoctor.reproducibility.api import repro as repro_api
+
+    recipe, overrides = _recipe_and_overrides(recipe, overrides)
+    result = _run(
+        lambda: repro_api(
+            recipe,
+            overrides=overrides or None,
+            steps=steps,
+            deterministic_check=deterministic_check,
+            json_path=json_path,
+        )
+    )
+    render_repro(result, Console())
+    if not result.reproducible:
+        raise typer.Exit(3)
+
+
+@app.command("repro-worker", hidden=True)
+def repro_worker(spec: Path, out: Path) -> None:
+    """One recorded run of `gradoctor repro` (started by it, in its own process)."""
+    from gradoctor.reproducibility.worker import run_worker
+
+    _run(lambda: run_worker(spec, out))
 
 
 def main() -> Any:

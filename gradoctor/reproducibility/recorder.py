@@ -1,0 +1,416 @@
+"""The instrument that records a run's op stream (``stream.OpStream``) from inside the step.
+
+A ``TorchDispatchMode`` entered in the step's ``forward``, ``backward`` and ``optimizer``
+contexts sees every aten op there (ops inside custom ``autograd.Function``s, functional
+calls, activation-checkpoint recomputation and the optimizer's foreach kernels included). For
+each op it keeps, on the device: the digest of each tensor the op wrote (its outputs and the
+arguments it mutates in place, after the op) and of each tensor it read that no recorded op
+wrote (looked up by tensor identity and version counter, so a tensor's digest is computed
+once); for random ops the digest of the generator's state before the op. Host side it keeps
+the op, the innermost module, the phase, the output shapes and a CRC of the non-tensor
+arguments and input shapes/dtypes. The batch (phase ``data``) and, at the first step, every
+parameter and buffer (phase ``init``) are recorded as tensors.
+
+Module attribution: forward pre/post hooks on the model's modules keep the stack of modules
+running; for the backward, a hook on each module call's outputs (any gradient arrived: its
+backward begins) and on its inputs (all arrived: it ends) keep a second stack. Every hook is
+removed at the end of the step (forward hooks) or of the micro-batch's backward (gradient
+hooks).
+
+Cost: per op, two small kernels per digested tensor and the Python of one dispatch; one host
+sync per step (``step_end`` copies the step's digests, stacked per device). Values are only
+read: the run computes what it computes without the recorder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.autograd.graph import register_multi_grad_hook
+
+from gradoctor.monitors.instrument import Instrument, StepOutcome, StepView
+from gradoctor.reproducibility.digest import digestible, tensor_digest
+from gradoctor.reproducibility.stream import EXTERNAL, PRODUCED, UNINITIALISED, OpRecord, OpStream
+from gradoctor.torch_private import TorchDispatchMode
+
+# ops that return memory they did not write: their outputs are not compared, their readers are
+_EMPTY_OPS = {
+    "aten.empty.memory_format",
+    "aten.empty_like.default",
+    "aten.empty_strided.default",
+    "aten.new_empty.default",
+    "aten.new_empty_strided.default",
+    "aten.empty_permuted.default",
+}
+
+
+# non-tensor arguments whose repr is their value (a Generator's repr is its address)
+_PLAIN = (
+    int,
+    float,
+    bool,
+    complex,
+    str,
+    type(None),
+    torch.dtype,
+    torch.device,
+    torch.layout,
+    torch.memory_format,
+)
+
+
+def _leaves(obj: Any, out: list[Any]) -> list[Any]:
+    """The leaves of an aten op's arguments or results (tuples, lists and dicts only: a
+    faster ``tree_flatten`` for the per-op path)."""
+    if isinstance(obj, (tuple, list)):
+        for x in obj:
+            _leaves(x, out)
+    elif isinstance(obj, dict):
+        for x in obj.values():
+            _leaves(x, out)
+    else:
+        out.append(obj)
+    return out
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    return [t for t in _leaves(obj, []) if isinstance(t, torch.Tensor) and digestible(t)]
+
+
+def _combine(crc: int, digests: list[int]) -> int:
+    """A view's digest from its base's digest(s) and its arguments (host-side, at the flush):
+    a view's values are a function of its input's, so no kernel is needed."""
+    h = crc
+    for d in digests:
+        h = (h * 0x100000001B3 + (d & 0xFFFFFFFFFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF
+    return h - (1 << 64) if h >= 1 << 63 else h
+
+
+def _nested(outer: str, inner: str) -> bool:
+    """Whether module ``inner`` is inside ``outer`` (qualified names; ``(root)`` holds all)."""
+    return outer != inner and (outer == "(root)" or inner.startswith(outer + "."))
+
+
+def _depth(name: str) -> int:
+    return 0 if name == "(root)" else name.count(".") + 1
+
+
+@dataclass(frozen=True)
+class _FuncInfo:
+    """What the recorder needs to know of an aten op, looked up once per op overload.
+    ``mutated``: (position, name) of the arguments it writes in place (``(a!)``)."""
+
+    name: str
+    random: bool
+    view: bool
+    empty: bool
+    mutated: tuple[tuple[int, str], ...]
+
+    @classmethod
+    def of(cls, func: Any) -> _FuncInfo:
+        name = str(func)
+        mutated = tuple(
+            (i, a.name)
+            for i, a in enumerate(func._schema.arguments)
+            if a.alias_info is not None and a.alias_info.is_write
+        )
+        return cls(
+            name,
+            torch.Tag.nondeterministic_seeded in func.tags,
+            bool(func.is_view),
+            name in _EMPTY_OPS,
+            mutated,
+        )
+
+
+def _generator_state(kwargs: dict[str, Any], out_device: torch.device) -> Any:
+    """The state of the generator a random op draws from (a CPU uint8 tensor), or None."""
+    gen = kwargs.get("generator")
+    if gen is None:
+        if out_device.type == "cuda":
+            gen = torch.cuda.default_generators[out_device.index or 0]
+        elif out_device.type == "cpu":
+            gen = torch.default_generator
+        else:
+            return None
+    return gen.get_state()
+
+
+class _DigestMode(TorchDispatchMode):
+    def __init__(self, recorder: OpDigestRecorder):
+        super().__init__()
+        self.recorder = recorder
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        return self.recorder._op(func, args, kwargs or {})
+
+
+class OpDigestRecorder(Instrument):
+    """Records ``stream`` (an ``OpStream``) over the steps it takes part in.
+
+    ``capture``: ``(step, index within the step)`` of one record whose written tensors are
+    kept (as float64 CPU copies, in ``captured``) to measure the size of a difference."""
+
+    name = "op digests"
+
+    def __init__(self, model: nn.Module, capture: tuple[int, int] | None = None):
+        self.model = model
+        self.names = {m: (n or "(root)") for n, m in model.named_modules()}
+        self.owner = {id(p): n.rpartition(".")[0] or "(root)" for n, p in model.named_parameters()}
+        self.stream = OpStream()
+        self.capture = capture
+        self.captured: list[torch.Tensor] | None = None
+        self._pending: list[tuple[int, torch.Tensor]] = []
+        self._virtual: list[tuple[int, int, tuple[int, ...]]] = []  # (slot, crc, input slots)
+        self._cache: dict[int, tuple[Any, int, int]] = {}  # id -> (weakref, version, slot)
+        self._uninit: set[int] = set()  # storage pointers an empty-family op returned this step
+        self._funcs: dict[Any, _FuncInfo] = {}
+        self._phase = ""
+        self._step = 0
+        self._in_step = 0
+        self._fwd: list[str] = []
+        self._fwd_inputs: list[set[int]] = []
+        self._bwd: list[str] = []
+        self._root_done = False
+        self._module_hooks: list[Any] = []
+        self._grad_hooks: list[Any] = []
+
+    # ---- slots ----------------------------------------------------------------------------
+    def _slot(self, t: torch.Tensor, kind: int) -> int:
+        slot = len(self.stream.kinds)
+        self.stream.kinds.append(kind)
+        self._pending.append((slot, tensor_digest(t)))
+        self._cache[id(t)] = (weakref.ref(t), t._version, slot)
+        return slot
+
+    def _view_slot(self, t: torch.Tensor, crc: int, in_slots: tuple[int, ...]) -> int:
+        slot = len(self.stream.kinds)
+        kinds = self.stream.kinds
+        kinds.append(
+            UNINITIALISED if any(kinds[i] == UNINITIALISED for i in in_slots) else PRODUCED
+        )
+        self._virtual.append((slot, crc, in_slots))
+        self._cache[id(t)] = (weakref.ref(t), t._version, slot)
+        return slot
+
+    def _read(self, t: torch.Tensor) -> int:
+        hit = self._cache.get(id(t))
+        if hit is not None and hit[0]() is t and hit[1] == t._version:
+            return hit[2]
+        kind = UNINITIALISED if t.untyped_storage().data_ptr() in self._uninit else EXTERNAL
+        return self._slot(t, kind)
+
+    def _append(self, record: OpRecord, written: list[torch.Tensor]) -> None:
+        if self.capture == (record.step, self._in_step):
+            self.captured = [
+                w.detach().to("cpu", torch.float64 if not w.is_complex() else torch.complex128)
+                for w in written
+            ]
+        self._in_step += 1
+        self.stream.records.append(record)
+
+    # ---- module attribution -----------------------------------------------------------------
+    def _module(self) -> str:
+        if self._phase == "backward":
+            if self._fwd:  # activation-checkpoint recomputation (see _bwd_enter)
+                return self._fwd[-1]
+            return self._bwd[-1] if self._bwd else "(loss)"
+        if self._fwd:
+            return self._fwd[-1]
+        return "(loss)" if self._root_done else "(outside)"
+
+    def _optimizer_module(self, tensors: list[torch.Tensor]) -> str:
+        owners = {self.owner.get(id(t)) for t in tensors} - {None}
+        return owners.pop() if len(owners) == 1 else "(optimizer)"  # type: ignore[return-value]
+
+    def _pre(self, module: nn.Module, args: Any) -> None:
+        name = self.names[module]
+        ins = [t for t in _tensors(args) if t.requires_grad]
+        if self._phase == "forward" and torch.is_grad_enabled() and ins:
+            self._grad_hooks.append(
+                register_multi_grad_hook(ins, lambda *_g, n=name: self._bwd_exit(n))
+            )
+        self._fwd.append(name)
+        self._fwd_inputs.append({id(t) for t in ins})
+
+    def _post(self, module: nn.Module, args: Any, out: Any) -> None:
+        name = self.names[module]
+        passed: set[int] = set()
+        if self._fwd and self._fwd[-1] == name:
+            self._fwd.pop()
+            passed = self._fwd_inputs.pop()
+        if module is self.model and self._phase == "forward":
+            self._root_done = True
+        if self._phase == "forward" and torch.is_grad_enabled():
+            # an input returned as is (Dropout(0), Identity) has no backward of this module
+            outs = [t for t in _tensors(out) if t.requires_grad and id(t) not in passed]
+            if outs:
+                self._grad_hooks.append(
+                    register_multi_grad_hook(
+                        outs, lambda *_g, n=name: self._bwd_enter(n), mode="any"
+                    )
+                )
+
+    def _bwd_enter(self, name: str) -> None:
+        """A module's backward begins: it joins the open modules, which stay ordered outermost
+        first (a parent's output hook may fire after its child's, on the same tensor);
+        modules on another branch are closed (their inputs needed no gradient: no exit)."""
+        # between two nodes of the graph no recomputation runs: one that stopped early (the
+        # checkpoint's default) never ran its modules' post hooks
+        self._fwd, self._fwd_inputs = [], []
+        stack = [n for n in self._bwd if _nested(n, name) or _nested(name, n)]
+        if name not in stack:
+            stack.append(name)
+        stack.sort(key=_depth)
+        self._bwd = stack
+
+    def _bwd_exit(self, name: str) -> None:
+        self._fwd, self._fwd_inputs = [], []
+        self._bwd = [n for n in self._bwd if n != name and not _nested(name, n)]
+
+    # ---- the op ----------------------------------------------------------------------------
+    def _op(self, func: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        info = self._funcs.get(func)
+        if info is None:
+            info = self._funcs[func] = _FuncInfo.of(func)
+        leaves = _leaves((args, kwargs), [])
+        ins = [t for t in leaves if isinstance(t, torch.Tensor) and digestible(t)]
+        in_slots = tuple(self._read(t) for t in ins)
+        signature = [
+            repr(x) if isinstance(x, _PLAIN) else type(x).__name__
+            for x in leaves
+            if not isinstance(x, torch.Tensor)
+        ]
+        signature += [f"{tuple(t.shape)}{t.dtype}" for t in ins]
+        crc = zlib.crc32("|".join(signature).encode())
+        rng_state = None
+        if info.random:
+            device = ins[0].device if ins else kwargs.get("device") or torch.device("cpu")
+            rng_state = _generator_state(kwargs, torch.device(device))
+        out = func(*args, **kwargs)
+        written = _tensors(out)
+        if info.mutated:
+            seen = {id(t) for t in written}
+            wrote = [args[i] if i < len(args) else kwargs.get(n) for i, n in info.mutated]
+            written += [t for t in _tensors(wrote) if id(t) not in seen]
+        if info.view:  # an alias of its input: digested from it, host-side, at the flush
+            out_slots = tuple(self._view_slot(t, crc + i, in_slots) for i, t in enumerate(written))
+        elif info.empty:
+            self._uninit.update(t.untyped_storage().data_ptr() for t in written)
+            out_slots = tuple(self._slot(t, UNINITIALISED) for t in written)
+        else:
+            out_slots = tuple(self._slot(t, PRODUCED) for t in written)
+        rng_slot = self._slot(rng_state, PRODUCED) if rng_state is not None else -1
+        if self._phase == "optimizer":
+            module = self._optimizer_module(written or ins)
+        else:
+            module = self._module()
+        self._append(
+            OpRecord(
+                self._step,
+                self._phase,
+                module,
+                info.name,
+                in_slots,
+                out_slots,
+                tuple(tuple(t.shape) for t in written),
+                crc,
+                rng_slot,
+            ),
+            written,
+        )
+        return out
+
+    def _record_tensor(self, phase: str, module: str, op: str, t: torch.Tensor) -> None:
+        slot = self._slot(t, PRODUCED)
+        crc = zlib.crc32(f"{tuple(t.shape)}{t.dtype}".encode())
+        self._append(
+            OpRecord(self._step, phase, module, op, (), (slot,), (tuple(t.shape),), crc), [t]
+        )
+
+    # ---- the instrument's hooks -------------------------------------------------------------
+    def step_start(self, view: StepView) -> None:
+        self._step, self._in_step = view.step, 0
+        self._uninit.clear()
+        if not self.stream.records:
+            self._phase = "init"
+            for n, p in self.model.named_parameters():
+                self._record_tensor("init", n.rpartition(".")[0] or "(root)", f"parameter {n}", p)
+            for n, b in self.model.named_buffers():
+                if digestible(b):
+                    self._record_tensor("init", n.rpartition(".")[0] or "(root)", f"buffer {n}", b)
+        for module in self.names:
+            self._module_hooks.append(module.register_forward_pre_hook(self._pre))
+            self._module_hooks.append(module.register_forward_hook(self._post))
+
+    @contextlib.contextmanager
+    def _recording(self, phase: str) -> Iterator[None]:
+        self._phase = phase
+        try:
+            with _DigestMode(self):
+                yield
+        finally:
+            self._phase = ""
+
+    @contextlib.contextmanager
+    def forward(self, view: StepView) -> Iterator[None]:
+        self._phase = "data"
+        for i, t in enumerate(_tensors(view.batch)):
+            self._record_tensor("data", "(data)", f"batch tensor {i}", t)
+        self._fwd, self._fwd_inputs, self._root_done = [], [], False
+        with self._recording("forward"):
+            yield
+
+    @contextlib.contextmanager
+    def backward(self, view: StepView) -> Iterator[None]:
+        self._bwd = []
+        try:
+            with self._recording("backward"):
+                yield
+        finally:
+            for h in self._grad_hooks:
+                h.remove()
+            self._grad_hooks.clear()
+
+    @contextlib.contextmanager
+    def optimizer(self, view: StepView) -> Iterator[None]:
+        with self._recording("optimizer"):
+            yield
+
+    def step_end(self, view: StepView, outcome: StepOutcome) -> None:
+        self.close()
+        self._flush()
+
+    def close(self) -> None:
+        """Remove every hook this recorder holds (also done at each step end)."""
+        for h in self._module_hooks + self._grad_hooks:
+            h.remove()
+        self._module_hooks.clear()
+        self._grad_hooks.clear()
+
+    def _flush(self) -> None:
+        """The step's one host copy: every pending digest, stacked per device."""
+        digests = self.stream.digests
+        digests.extend([0] * (len(self.stream.kinds) - len(digests)))
+        by_device: dict[torch.device, list[tuple[int, torch.Tensor]]] = {}
+        for slot, d in self._pending:
+            by_device.setdefault(d.device, []).append((slot, d))
+        for pairs in by_device.values():
+            values = torch.stack([d for _, d in pairs]).cpu().tolist()
+            for (slot, _), v in zip(pairs, values):
+                digests[slot] = v
+        for slot, crc, ins in self._virtual:
+            digests[slot] = _combine(crc, [digests[i] for i in ins])
+        self._pending.clear()
+        self._virtual.clear()
+        self._cache = {k: v for k, v in self._cache.items() if v[0]() is not None}
+
+
+__all__ = ["OpDigestRecorder"]
