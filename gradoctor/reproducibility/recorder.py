@@ -11,11 +11,10 @@ the op, the innermost module, the phase, the output shapes and a CRC of the non-
 arguments and input shapes/dtypes. The batch (phase ``data``) and, at the first step, every
 parameter and buffer (phase ``init``) are recorded as tensors.
 
-Module attribution: forward pre/post hooks on the model's modules keep the stack of modules
-running; for the backward, a hook on each module call's outputs (any gradient arrived: its
-backward begins) and on its inputs (all arrived: it ends) keep a second stack. Every hook is
-removed at the end of the step (forward hooks) or of the micro-batch's backward (gradient
-hooks).
+Module attribution: ``monitors.op_scope.ModuleScope`` (forward hooks keep the stack of
+modules running; gradient hooks on each module call's outputs and inputs keep the backward's).
+Every hook is removed at the end of the step (forward hooks) or of the micro-batch's backward
+(gradient hooks).
 
 Cost: per op, two small kernels per digested tensor and the Python of one dispatch; one host
 sync per step (``step_end`` copies the step's digests, stacked per device). Values are only
@@ -28,28 +27,15 @@ import contextlib
 import weakref
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch.autograd.graph import register_multi_grad_hook
 
 from gradoctor.monitors.instrument import Instrument, StepOutcome, StepView
+from gradoctor.monitors.op_scope import ModuleScope, OpWatch, leaves, op_info, tensors
 from gradoctor.reproducibility.digest import digestible, tensor_digest
 from gradoctor.reproducibility.stream import EXTERNAL, PRODUCED, UNINITIALISED, OpRecord, OpStream
-from gradoctor.torch_private import TorchDispatchMode
-
-# ops that return memory they did not write: their outputs are not compared, their readers are
-_EMPTY_OPS = {
-    "aten.empty.memory_format",
-    "aten.empty_like.default",
-    "aten.empty_strided.default",
-    "aten.new_empty.default",
-    "aten.new_empty_strided.default",
-    "aten.empty_permuted.default",
-}
-
 
 # non-tensor arguments whose repr is their value (a Generator's repr is its address)
 _PLAIN = (
@@ -66,24 +52,6 @@ _PLAIN = (
 )
 
 
-def _leaves(obj: Any, out: list[Any]) -> list[Any]:
-    """The leaves of an aten op's arguments or results (tuples, lists and dicts only: a
-    faster ``tree_flatten`` for the per-op path)."""
-    if isinstance(obj, (tuple, list)):
-        for x in obj:
-            _leaves(x, out)
-    elif isinstance(obj, dict):
-        for x in obj.values():
-            _leaves(x, out)
-    else:
-        out.append(obj)
-    return out
-
-
-def _tensors(obj: Any) -> list[torch.Tensor]:
-    return [t for t in _leaves(obj, []) if isinstance(t, torch.Tensor) and digestible(t)]
-
-
 def _combine(crc: int, digests: list[int]) -> int:
     """A view's digest from its base's digest(s) and its arguments (host-side, at the flush):
     a view's values are a function of its input's, so no kernel is needed."""
@@ -91,43 +59,6 @@ def _combine(crc: int, digests: list[int]) -> int:
     for d in digests:
         h = (h * 0x100000001B3 + (d & 0xFFFFFFFFFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF
     return h - (1 << 64) if h >= 1 << 63 else h
-
-
-def _nested(outer: str, inner: str) -> bool:
-    """Whether module ``inner`` is inside ``outer`` (qualified names; ``(root)`` holds all)."""
-    return outer != inner and (outer == "(root)" or inner.startswith(outer + "."))
-
-
-def _depth(name: str) -> int:
-    return 0 if name == "(root)" else name.count(".") + 1
-
-
-@dataclass(frozen=True)
-class _FuncInfo:
-    """What the recorder needs to know of an aten op, looked up once per op overload.
-    ``mutated``: (position, name) of the arguments it writes in place (``(a!)``)."""
-
-    name: str
-    random: bool
-    view: bool
-    empty: bool
-    mutated: tuple[tuple[int, str], ...]
-
-    @classmethod
-    def of(cls, func: Any) -> _FuncInfo:
-        name = str(func)
-        mutated = tuple(
-            (i, a.name)
-            for i, a in enumerate(func._schema.arguments)
-            if a.alias_info is not None and a.alias_info.is_write
-        )
-        return cls(
-            name,
-            torch.Tag.nondeterministic_seeded in func.tags,
-            bool(func.is_view),
-            name in _EMPTY_OPS,
-            mutated,
-        )
 
 
 def _generator_state(kwargs: dict[str, Any], out_device: torch.device) -> Any:
@@ -143,15 +74,6 @@ def _generator_state(kwargs: dict[str, Any], out_device: torch.device) -> Any:
     return gen.get_state()
 
 
-class _DigestMode(TorchDispatchMode):
-    def __init__(self, recorder: OpDigestRecorder):
-        super().__init__()
-        self.recorder = recorder
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        return self.recorder._op(func, args, kwargs or {})
-
-
 class OpDigestRecorder(Instrument):
     """Records ``stream`` (an ``OpStream``) over the steps it takes part in.
 
@@ -162,7 +84,7 @@ class OpDigestRecorder(Instrument):
 
     def __init__(self, model: nn.Module, capture: tuple[int, int] | None = None):
         self.model = model
-        self.names = {m: (n or "(root)") for n, m in model.named_modules()}
+        self.scope = ModuleScope(model)
         self.owner = {id(p): n.rpartition(".")[0] or "(root)" for n, p in model.named_parameters()}
         self.stream = OpStream()
         self.capture = capture
@@ -171,16 +93,9 @@ class OpDigestRecorder(Instrument):
         self._virtual: list[tuple[int, int, tuple[int, ...]]] = []  # (slot, crc, input slots)
         self._cache: dict[int, tuple[Any, int, int]] = {}  # id -> (weakref, version, slot)
         self._uninit: set[int] = set()  # storage pointers an empty-family op returned this step
-        self._funcs: dict[Any, _FuncInfo] = {}
         self._phase = ""
         self._step = 0
         self._in_step = 0
-        self._fwd: list[str] = []
-        self._fwd_inputs: list[set[int]] = []
-        self._bwd: list[str] = []
-        self._root_done = False
-        self._module_hooks: list[Any] = []
-        self._grad_hooks: list[Any] = []
 
     # ---- slots ----------------------------------------------------------------------------
     def _slot(self, t: torch.Tensor, kind: int) -> int:
@@ -216,76 +131,19 @@ class OpDigestRecorder(Instrument):
         self._in_step += 1
         self.stream.records.append(record)
 
-    # ---- module attribution -----------------------------------------------------------------
-    def _module(self) -> str:
-        if self._phase == "backward":
-            if self._fwd:  # activation-checkpoint recomputation (see _bwd_enter)
-                return self._fwd[-1]
-            return self._bwd[-1] if self._bwd else "(loss)"
-        if self._fwd:
-            return self._fwd[-1]
-        return "(loss)" if self._root_done else "(outside)"
-
     def _optimizer_module(self, tensors: list[torch.Tensor]) -> str:
         owners = {self.owner.get(id(t)) for t in tensors} - {None}
         return owners.pop() if len(owners) == 1 else "(optimizer)"  # type: ignore[return-value]
 
-    def _pre(self, module: nn.Module, args: Any) -> None:
-        name = self.names[module]
-        ins = [t for t in _tensors(args) if t.requires_grad]
-        if self._phase == "forward" and torch.is_grad_enabled() and ins:
-            self._grad_hooks.append(
-                register_multi_grad_hook(ins, lambda *_g, n=name: self._bwd_exit(n))
-            )
-        self._fwd.append(name)
-        self._fwd_inputs.append({id(t) for t in ins})
-
-    def _post(self, module: nn.Module, args: Any, out: Any) -> None:
-        name = self.names[module]
-        passed: set[int] = set()
-        if self._fwd and self._fwd[-1] == name:
-            self._fwd.pop()
-            passed = self._fwd_inputs.pop()
-        if module is self.model and self._phase == "forward":
-            self._root_done = True
-        if self._phase == "forward" and torch.is_grad_enabled():
-            # an input returned as is (Dropout(0), Identity) has no backward of this module
-            outs = [t for t in _tensors(out) if t.requires_grad and id(t) not in passed]
-            if outs:
-                self._grad_hooks.append(
-                    register_multi_grad_hook(
-                        outs, lambda *_g, n=name: self._bwd_enter(n), mode="any"
-                    )
-                )
-
-    def _bwd_enter(self, name: str) -> None:
-        """A module's backward begins: it joins the open modules, which stay ordered outermost
-        first (a parent's output hook may fire after its child's, on the same tensor);
-        modules on another branch are closed (their inputs needed no gradient: no exit)."""
-        # between two nodes of the graph no recomputation runs: one that stopped early (the
-        # checkpoint's default) never ran its modules' post hooks
-        self._fwd, self._fwd_inputs = [], []
-        stack = [n for n in self._bwd if _nested(n, name) or _nested(name, n)]
-        if name not in stack:
-            stack.append(name)
-        stack.sort(key=_depth)
-        self._bwd = stack
-
-    def _bwd_exit(self, name: str) -> None:
-        self._fwd, self._fwd_inputs = [], []
-        self._bwd = [n for n in self._bwd if n != name and not _nested(name, n)]
-
     # ---- the op ----------------------------------------------------------------------------
     def _op(self, func: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
-        info = self._funcs.get(func)
-        if info is None:
-            info = self._funcs[func] = _FuncInfo.of(func)
-        leaves = _leaves((args, kwargs), [])
-        ins = [t for t in leaves if isinstance(t, torch.Tensor) and digestible(t)]
+        info = op_info(func)
+        flat = leaves((args, kwargs), [])
+        ins = [t for t in flat if isinstance(t, torch.Tensor) and digestible(t)]
         in_slots = tuple(self._read(t) for t in ins)
         signature = [
             repr(x) if isinstance(x, _PLAIN) else type(x).__name__
-            for x in leaves
+            for x in flat
             if not isinstance(x, torch.Tensor)
         ]
         signature += [f"{tuple(t.shape)}{t.dtype}" for t in ins]
@@ -295,11 +153,7 @@ class OpDigestRecorder(Instrument):
             device = ins[0].device if ins else kwargs.get("device") or torch.device("cpu")
             rng_state = _generator_state(kwargs, torch.device(device))
         out = func(*args, **kwargs)
-        written = _tensors(out)
-        if info.mutated:
-            seen = {id(t) for t in written}
-            wrote = [args[i] if i < len(args) else kwargs.get(n) for i, n in info.mutated]
-            written += [t for t in _tensors(wrote) if id(t) not in seen]
+        written = info.written(out, args, kwargs)
         if info.view:  # an alias of its input: digested from it, host-side, at the flush
             out_slots = tuple(self._view_slot(t, crc + i, in_slots) for i, t in enumerate(written))
         elif info.empty:
@@ -311,7 +165,7 @@ class OpDigestRecorder(Instrument):
         if self._phase == "optimizer":
             module = self._optimizer_module(written or ins)
         else:
-            module = self._module()
+            module = self.scope.current()
         self._append(
             OpRecord(
                 self._step,
@@ -346,15 +200,13 @@ class OpDigestRecorder(Instrument):
             for n, b in self.model.named_buffers():
                 if digestible(b):
                     self._record_tensor("init", n.rpartition(".")[0] or "(root)", f"buffer {n}", b)
-        for module in self.names:
-            self._module_hooks.append(module.register_forward_pre_hook(self._pre))
-            self._module_hooks.append(module.register_forward_hook(self._post))
+        self.scope.attach()
 
     @contextlib.contextmanager
     def _recording(self, phase: str) -> Iterator[None]:
         self._phase = phase
         try:
-            with _DigestMode(self):
+            with OpWatch(self._op):
                 yield
         finally:
             self._phase = ""
@@ -362,25 +214,24 @@ class OpDigestRecorder(Instrument):
     @contextlib.contextmanager
     def forward(self, view: StepView) -> Iterator[None]:
         self._phase = "data"
-        for i, t in enumerate(_tensors(view.batch)):
+        for i, t in enumerate(tensors(view.batch)):
             self._record_tensor("data", "(data)", f"batch tensor {i}", t)
-        self._fwd, self._fwd_inputs, self._root_done = [], [], False
+        self.scope.begin_forward()
         with self._recording("forward"):
             yield
 
     @contextlib.contextmanager
     def backward(self, view: StepView) -> Iterator[None]:
-        self._bwd = []
+        self.scope.begin_backward()
         try:
             with self._recording("backward"):
                 yield
         finally:
-            for h in self._grad_hooks:
-                h.remove()
-            self._grad_hooks.clear()
+            self.scope.end_backward()
 
     @contextlib.contextmanager
     def optimizer(self, view: StepView) -> Iterator[None]:
+        self.scope.phase = "optimizer"
         with self._recording("optimizer"):
             yield
 
@@ -390,10 +241,7 @@ class OpDigestRecorder(Instrument):
 
     def close(self) -> None:
         """Remove every hook this recorder holds (also done at each step end)."""
-        for h in self._module_hooks + self._grad_hooks:
-            h.remove()
-        self._module_hooks.clear()
-        self._grad_hooks.clear()
+        self.scope.detach()
 
     def _flush(self) -> None:
         """The step's one host copy: every pending digest, stacked per device."""

@@ -89,7 +89,7 @@ def test_recording_changes_nothing_and_leaves_no_hooks(make_recipe) -> None:  # 
         results.append((losses, {k: v.clone() for k, v in state.model.state_dict().items()}))
         for m in state.model.modules():
             assert not m._forward_hooks and not m._forward_pre_hooks
-        assert not recorder._grad_hooks and not recorder._module_hooks
+        assert not recorder.scope._grad_hooks and not recorder.scope._module_hooks
         undo()
     (plain_losses, plain_state), (rec_losses, rec_state) = results
     assert all(torch.equal(a, b) for a, b in zip(plain_losses, rec_losses))
