@@ -56,7 +56,7 @@ def _start(spec: WorkerSpec, folder: Path, tag: str) -> tuple[subprocess.Popen, 
     spec_path, out_path = folder / f"{tag}.json", folder / f"{tag}.out.pt"
     spec.write(spec_path)
     env = dict(os.environ)
-    if spec.deterministic:
+    if spec.deterministic or spec.timing:  # before CUDA starts (the timing's deterministic half)
         env.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     proc = subprocess.Popen(
         [sys.executable, "-m", "gradoctor", "repro-worker", str(spec_path), str(out_path)],
@@ -84,6 +84,9 @@ def _finish(proc: subprocess.Popen, out_path: Path) -> _Run | GradoctorError:
         return err
     if "time_ratio" in out:
         return _Run(None, None, float(out["time_ratio"]))
+    if "stream" not in out:
+        tail = "\n".join((stderr or "").strip().splitlines()[-15:])
+        return GradoctorError(f"a repro worker process ended without a result:\n{tail}")
     return _Run(OpStream.load(Path(out["stream"])), out["captured"])
 
 

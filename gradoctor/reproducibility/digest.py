@@ -1,5 +1,5 @@
-"""A bitwise digest of a tensor, computed on its device: equal digests mean (up to a 2⁻⁶⁴
-collision) equal dtypes, shapes and bits.
+"""A bitwise digest of a tensor, computed on its device: equal digests mean (up to a ~2⁻³²
+collision) equal bits (shapes and dtypes are compared by the caller).
 
 ``tensor_digest(t)`` views the elements' bits as integers of the same width, widens them to
 int64 (sign-extending) and sums their products with a fixed vector of odd pseudo-random int64

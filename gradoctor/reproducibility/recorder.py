@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradoctor.errors import GradoctorError
 from gradoctor.monitors.instrument import Instrument, StepOutcome, StepView
 from gradoctor.monitors.op_scope import ModuleScope, OpWatch, leaves, op_info, tensors
 from gradoctor.reproducibility.digest import digestible, tensor_digest
@@ -50,6 +51,28 @@ _PLAIN = (
     torch.layout,
     torch.memory_format,
 )
+
+
+# ops that may return memory they did not write: a tensor grown in place (its new elements)
+_GROWS = frozenset({"aten.resize_.default", "aten.resize_as_.default", "aten.set_.source_Storage"})
+# attention kernels whose integer outputs (the dropout RNG's seed and offset, a debug mask)
+# are left unwritten when there is no dropout (CUDA flash / memory-efficient paths)
+_UNINIT_INTEGER_OUTPUTS = frozenset(
+    {
+        "aten._scaled_dot_product_flash_attention",
+        "aten._scaled_dot_product_efficient_attention",
+        "aten._scaled_dot_product_cudnn_attention",
+        "aten._flash_attention_forward",
+        "aten._efficient_attention_forward",
+    }
+)
+
+
+def _recorder_error(func: Any, exc: Exception) -> GradoctorError:
+    return GradoctorError(
+        f"gradoctor repro's recorder failed at {func}: {type(exc).__name__}: {exc}",
+        hint="this is gradoctor's failure, not your code's: please report it with the op",
+    )
 
 
 def _combine(crc: int, digests: list[int]) -> int:
@@ -102,8 +125,14 @@ class OpDigestRecorder(Instrument):
         slot = len(self.stream.kinds)
         self.stream.kinds.append(kind)
         self._pending.append((slot, tensor_digest(t)))
-        self._cache[id(t)] = (weakref.ref(t), t._version, slot)
+        self._remember(t, slot)
         return slot
+
+    def _remember(self, t: torch.Tensor, slot: int) -> None:
+        """Cache ``t``'s slot by identity and version (inference tensors have no version
+        counter: never cached, so always read afresh)."""
+        if not t.is_inference():
+            self._cache[id(t)] = (weakref.ref(t), t._version, slot)
 
     def _view_slot(self, t: torch.Tensor, crc: int, in_slots: tuple[int, ...]) -> int:
         slot = len(self.stream.kinds)
@@ -112,12 +141,12 @@ class OpDigestRecorder(Instrument):
             UNINITIALISED if any(kinds[i] == UNINITIALISED for i in in_slots) else PRODUCED
         )
         self._virtual.append((slot, crc, in_slots))
-        self._cache[id(t)] = (weakref.ref(t), t._version, slot)
+        self._remember(t, slot)
         return slot
 
     def _read(self, t: torch.Tensor) -> int:
         hit = self._cache.get(id(t))
-        if hit is not None and hit[0]() is t and hit[1] == t._version:
+        if hit is not None and hit[0]() is t and not t.is_inference() and hit[1] == t._version:
             return hit[2]
         kind = UNINITIALISED if t.untyped_storage().data_ptr() in self._uninit else EXTERNAL
         return self._slot(t, kind)
@@ -137,6 +166,19 @@ class OpDigestRecorder(Instrument):
 
     # ---- the op ----------------------------------------------------------------------------
     def _op(self, func: Any, args: tuple, kwargs: dict[str, Any]) -> Any:
+        """The recorder's own failures are reported as such, never as the user's code's."""
+        try:
+            before = self._before(func, args, kwargs)
+        except Exception as exc:
+            raise _recorder_error(func, exc) from exc
+        out = func(*args, **kwargs)  # the user's op: its errors are the user's
+        try:
+            self._after(func, args, kwargs, out, *before)
+        except Exception as exc:
+            raise _recorder_error(func, exc) from exc
+        return out
+
+    def _before(self, func: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[Any, ...]:
         info = op_info(func)
         flat = leaves((args, kwargs), [])
         ins = [t for t in flat if isinstance(t, torch.Tensor) and digestible(t)]
@@ -152,13 +194,30 @@ class OpDigestRecorder(Instrument):
         if info.random:
             device = ins[0].device if ins else kwargs.get("device") or torch.device("cpu")
             rng_state = _generator_state(kwargs, torch.device(device))
-        out = func(*args, **kwargs)
+        return info, ins, in_slots, crc, rng_state
+
+    def _after(
+        self,
+        func: Any,
+        args: tuple,
+        kwargs: dict[str, Any],
+        out: Any,
+        info: Any,
+        ins: list[torch.Tensor],
+        in_slots: tuple[int, ...],
+        crc: int,
+        rng_state: Any,
+    ) -> None:
         written = info.written(out, args, kwargs)
         if info.view:  # an alias of its input: digested from it, host-side, at the flush
             out_slots = tuple(self._view_slot(t, crc + i, in_slots) for i, t in enumerate(written))
-        elif info.empty:
+        elif info.empty or info.name in _GROWS:
             self._uninit.update(t.untyped_storage().data_ptr() for t in written)
             out_slots = tuple(self._slot(t, UNINITIALISED) for t in written)
+        elif info.short in _UNINIT_INTEGER_OUTPUTS:  # e.g. attention's unused RNG seed/offset
+            out_slots = tuple(
+                self._slot(t, PRODUCED if t.is_floating_point() else UNINITIALISED) for t in written
+            )
         else:
             out_slots = tuple(self._slot(t, PRODUCED) for t in written)
         rng_slot = self._slot(rng_state, PRODUCED) if rng_state is not None else -1
@@ -180,7 +239,6 @@ class OpDigestRecorder(Instrument):
             ),
             written,
         )
-        return out
 
     def _record_tensor(self, phase: str, module: str, op: str, t: torch.Tensor) -> None:
         slot = self._slot(t, PRODUCED)
@@ -258,7 +316,12 @@ class OpDigestRecorder(Instrument):
             digests[slot] = _combine(crc, [digests[i] for i in ins])
         self._pending.clear()
         self._virtual.clear()
-        self._cache = {k: v for k, v in self._cache.items() if v[0]() is not None}
+        # a tensor no recorded op wrote may change without a version bump (a NumPy array it
+        # shares, a write through .data): read it afresh at the next step
+        kinds = self.stream.kinds
+        self._cache = {
+            k: v for k, v in self._cache.items() if v[0]() is not None and kinds[v[2]] == PRODUCED
+        }
 
 
 __all__ = ["OpDigestRecorder"]

@@ -173,6 +173,15 @@ def run_worker(spec_path: Path, out_path: Path) -> None:
     except GradoctorError as exc:
         out = {"error": _error_dict(exc)}
         raise
+    except BaseException as exc:  # gradoctor's own failure: saved, so the parent can say it
+        out = {
+            "error": {
+                "type": "internal",
+                "message": f"{type(exc).__name__}: {exc}",
+                "hint": "this is gradoctor's failure, not your code's: please report it",
+            }
+        }
+        raise
     finally:
         torch.save(out, out_path)
 

@@ -167,3 +167,73 @@ def test_a_nondeterministic_kernel_with_equal_inputs(make_recipe, tmp_path: Path
     )
     assert div.op == "gradoctor_samples.racy_row_sum"
     assert "use_deterministic_algorithms" in div.fix or "deterministic: true" in div.fix
+
+
+_EDGE_MODELS = '''
+import numpy as np
+import torch
+from torch import nn
+
+
+class _Base(nn.Module):
+    def __init__(self, in_features=20, out_features=4):
+        super().__init__()
+        self.inp = nn.Linear(in_features, 16)
+        self.out = nn.Linear(16, out_features)
+
+    def forward(self, x):
+        return self.out(self.source(torch.relu(self.inp(x))))
+
+
+class GrowsAndFills(_Base):
+    """Healthy: a buffer grown with resize_ (uninitialised) and then filled."""
+
+    def source(self, y):
+        buf = y.new_zeros(0)
+        buf.resize_(y.shape[-1])
+        buf.fill_(1.0)
+        return y * buf
+
+
+class NumpyShared(_Base):
+    """A tensor sharing a NumPy array rewritten from an unseeded generator between steps."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.rng = np.random.default_rng()
+        self.array = np.zeros(16, dtype=np.float32)
+        self.shared = torch.from_numpy(self.array)
+
+    def source(self, y):
+        self.array[:] = self.rng.normal(size=16)  # no version bump: torch cannot see it
+        return y + 0.01 * self.shared
+
+
+class InferenceBuffer(_Base):
+    """Healthy: a buffer made under inference_mode (no version counter)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        with torch.inference_mode():
+            self.scale = torch.ones(16)
+
+    def source(self, y):
+        return y + self.scale  # add saves nothing for backward
+'''
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [("GrowsAndFills", None), ("InferenceBuffer", None), ("NumpyShared", "external_input")],
+)
+def test_edge_cases_of_the_digest_cache(make_recipe, tmp_path: Path, model: str, expected) -> None:  # noqa: ANN001
+    path = tmp_path / "edge_models.py"
+    path.write_text(_EDGE_MODELS)
+    recipe = make_recipe()
+    recipe["model"]["_component_"] = f"{path}:{model}"
+    a, b = _run(recipe, steps=3), _run(recipe, steps=3)
+    div = first_divergence(a, b)
+    if expected is None:
+        assert div is None, div
+    else:
+        assert div is not None and div.cause_code == expected and div.module == "(root)"
