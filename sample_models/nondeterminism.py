@@ -92,9 +92,13 @@ class _RandomBranch(nn.Module):
 
 class _UninitialisedScale(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = torch.empty(x.shape[-1], device=x.device)  # never written: heap leftovers
-        scale[: x.shape[-1] // 2] = 1.0  # only half of it
-        return x * scale.clamp(-1.0, 1.0).nan_to_num(0.0)
+        n = x.shape[-1]
+        scale = torch.ones(n, device=x.device)
+        for size in (n, 2 * n, 3 * n, 5 * n, 7 * n, 11 * n):  # scratch never fully written:
+            buf = torch.empty(size, device=x.device)  # what is left is the heap's leftovers
+            buf[: size // 2] = 0.0
+            scale = scale + buf[-n:].clamp(-1.0, 1.0).nan_to_num(0.0)
+        return x * scale
 
 
 class _NoisyBackward(torch.autograd.Function):

@@ -43,7 +43,12 @@ def test_an_unseeded_shuffle_is_the_data_phase(make_recipe) -> None:  # noqa: AN
     reason="address randomisation is off: uninitialised heap memory is alike in every process",
 )
 def test_uninitialised_memory_is_found_and_deterministic_mode_fills_it(make_recipe) -> None:  # noqa: ANN001
-    result = gradoctor.repro(make_recipe("UninitialisedScale"), steps=2, measure_difference=False)
+    for _ in range(3):  # heap leftovers: a pair of processes may, rarely, hold the same bits
+        result = gradoctor.repro(
+            make_recipe("UninitialisedScale"), steps=2, measure_difference=False
+        )
+        if not result.reproducible:
+            break
     div = result.first_divergence
     assert div is not None and div.phase == "forward" and div.module == "source"
     assert div.cause_code == "uninitialised_memory"
