@@ -99,8 +99,9 @@ def render_summary(
         title=f"run {data['status']} · {data['steps_completed']} steps · {data['duration_s']:.1f} s",
         show_header=False,
     )
-    table.add_column(style="bold")
-    table.add_column()
+    # Both columns wrap; a word longer than its column (a path, a module name) folds.
+    table.add_column(style="bold", overflow="fold")
+    table.add_column(overflow="fold")
     table.add_row("final loss", _num(data["final_loss"]))
     table.add_row("device / precision", f"{data['device']} / {data['precision']}")
     if data["precision"] == "fp16":

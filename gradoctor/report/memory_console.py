@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from gradoctor.memory.result import MemoryProfile
 from gradoctor.memory.units import format_bytes, format_flops
@@ -42,9 +44,9 @@ def render_memory_profile(p: MemoryProfile, console: Console) -> None:
 def _breakdown(p: MemoryProfile, console: Console) -> None:
     title = "Where the peak goes (one steady-state step)"
     table = Table(title=title, title_justify="left", min_width=len(title))
-    table.add_column("category")
-    table.add_column("bytes", justify="right")
-    table.add_column("share", justify="right")
+    table.add_column("category", overflow="fold")
+    table.add_column("bytes", justify="right", overflow="fold")
+    table.add_column("share", justify="right", overflow="fold")
     for cat in p.breakdown:
         table.add_row(cat.name.replace("_", " "), format_bytes(cat.bytes), f"{cat.share:.1%}")
     console.print(table)
@@ -69,13 +71,14 @@ def _peak(p: MemoryProfile, console: Console) -> None:
 
 
 def _modules(p: MemoryProfile, console: Console) -> None:
-    table = Table(
-        title=f"Modules by bytes saved for backward (top {_TOP_MODULES})", title_justify="left"
-    )
+    """The top modules: a table with a column per field where it fits the terminal; else the
+    class name goes under the module's name (which folds rather than being cut) and the
+    headers wrap; on a terminal too narrow even for that, a block per module."""
+    title = f"Modules by bytes saved for backward (top {_TOP_MODULES})"
     ranked = sorted(p.modules, key=lambda m: -m.saved_total)
     rows = [
         (
-            escape(m.name),
+            m.name,
             m.type,
             format_bytes(m.saved),
             format_bytes(m.saved_total),
@@ -86,24 +89,40 @@ def _modules(p: MemoryProfile, console: Console) -> None:
         for m in [x for x in ranked if x.name][:_TOP_MODULES]
     ]
     heads = ("module", "type", "saved own", "saved inside", "fwd time", "ckpt frees", "recompute")
-    # The module's full name is what a recipe needs: never cut. The other columns keep their
-    # widest cell while they fit, the class name giving way first; on a narrower terminal the
-    # numbers wrap instead.
     widest = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(heads)]
-    fits = sum(w for h, w in zip(heads, widest) if h != "type") + 4 + 3 * len(heads) + 1
-    fits = fits <= console.width
-    for i, head in enumerate(heads):
-        if head == "type":
-            table.add_column(head, overflow="ellipsis", min_width=4)
-        else:
+    # numbers keep their widest value on one line; their headers may wrap at the space
+    numbers = [
+        max([len(w) for w in h.split()] + [len(r[i]) for r in rows])
+        for i, h in enumerate(heads)
+        if i >= 2
+    ]
+    full = sum(widest) + 3 * len(heads) + 1  # cells, padding and borders
+    name_room = console.width - sum(numbers) - 3 * (len(heads) - 1) - 1
+    if full <= console.width:
+        table = Table(title=title, title_justify="left")
+        for i, head in enumerate(heads):
             table.add_column(
-                head,
-                justify="left" if i == 0 else "right",
-                no_wrap=fits or i == 0,
-                min_width=widest[i] if fits or i == 0 else None,
+                head, justify="left" if i < 2 else "right", width=widest[i], overflow="fold"
             )
-    for row in rows:
-        table.add_row(*row)
+        for row in rows:
+            table.add_row(*map(Text, row))
+    elif name_room >= 12:
+        table = Table(title=title, title_justify="left")
+        table.add_column("module / type", width=min(name_room, max(widest[:2])), overflow="fold")
+        for head, width in zip(heads[2:], numbers):
+            table.add_column(head, justify="right", width=width, overflow="fold")
+        for row in rows:
+            name = Text(row[0]) + Text("\n" + row[1], style="dim")
+            table.add_row(name, *map(Text, row[2:]))
+    else:
+        blocks: list[RenderableType] = [Text(title, style="italic")]
+        for row in rows:
+            head = Text(row[0], style="bold") + Text("  " + row[1], style="dim")
+            head.overflow = "fold"
+            fields = " · ".join(f"{h} {v}" for h, v in zip(heads[2:], row[2:]))
+            blocks += [head, Padding(Text(fields, overflow="fold"), (0, 0, 0, 2), expand=False)]
+        console.print(Group(*blocks))
+        return
     console.print(table)
 
 
@@ -111,12 +130,13 @@ def _what_if(p: MemoryProfile, console: Console) -> None:
     checks = {(c.precision, c.checkpoint, c.batch_size): c for c in p.checks}
     table = Table(title="What if (predicted steady-state peak)", title_justify="left")
     for col in ("precision", "checkpoint", "batch", "predicted", "phase"):
-        table.add_column(col, justify="right" if col in ("batch", "predicted") else "left")
+        justify = "right" if col in ("batch", "predicted") else "left"
+        table.add_column(col, justify=justify, overflow="fold")
     if p.plan.budget is not None and p.plan.budget_source != "none":
-        table.add_column("fits", justify="center")
+        table.add_column("fits", justify="center", overflow="fold")
     if checks:
-        table.add_column("measured", justify="right")
-        table.add_column("error", justify="right")
+        table.add_column("measured", justify="right", overflow="fold")
+        table.add_column("error", justify="right", overflow="fold")
     for row in p.what_if:
         cells = [
             row.precision,
