@@ -11,6 +11,7 @@ Python API (the CLI calls these):
   ``gradoctor.hessian_spectrum(model, loss_fn, batches, ...) -> CurvatureResult``
 - ``gradoctor.check_grads(fn_or_module, inputs) -> CaseResult`` (and ``assert_grads_correct``)
 - ``gradoctor.repro(recipe, ...) -> ReproResult``
+- ``gradoctor.audit(recipe, ...) -> AuditResult``
 
 The names that need torch load on first use (PEP 562), so ``import gradoctor.cli`` and
 ``gradoctor --help`` stay free of torch. Modules inside the package never import this root
@@ -39,6 +40,8 @@ if TYPE_CHECKING:  # the same names, for type checkers and the import graph
     from gradoctor.hessian import CurvatureResult, hessian_spectrum
     from gradoctor.hessian.recipe_curvature import curvature
     from gradoctor.memory import memory_profile
+    from gradoctor.numerics.api import audit
+    from gradoctor.numerics.result import AuditResult
     from gradoctor.recipe import Recipe, load_recipe
     from gradoctor.reproducibility.api import repro
     from gradoctor.reproducibility.result import ReproResult
@@ -57,6 +60,8 @@ _LAZY = {
     "CurvatureResult": "gradoctor.hessian",
     "Recipe": "gradoctor.recipe",
     "repro": "gradoctor.reproducibility.api",
+    "audit": "gradoctor.numerics.api",
+    "AuditResult": "gradoctor.numerics.result",
     "ReproResult": "gradoctor.reproducibility.result",
     "load_recipe": "gradoctor.recipe",
     "TrainResult": "gradoctor.training.result",
@@ -79,6 +84,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "AuditResult",
     "Case",
     "CurvatureResult",
     "GradoctorError",
@@ -93,6 +99,7 @@ __all__ = [
     "UserCodeError",
     "__version__",
     "assert_grads_correct",
+    "audit",
     "check_grads",
     "curvature",
     "hessian_spectrum",

@@ -19,12 +19,18 @@ def make_trainer(
     resume: str | Path | None = None,
     overwrite: bool = False,
 ) -> Trainer:
-    """A ``Trainer`` with the triage rules, the OOM explainer and the sharpness instrument
-    attached (what ``train``
+    """A ``Trainer`` with the triage rules, the OOM explainer, the sharpness instrument and the
+    first step's numerics audit attached (what ``train``
     runs; the distributed test workers and the benchmarks build theirs here too)."""
     from gradoctor.diagnose.engine import diagnose_run
     from gradoctor.hessian.sharpness_instrument import sharpness_instruments
     from gradoctor.memory.oom import oom_diagnosis
+    from gradoctor.numerics.train_audit import audit_instruments
+
+    def extra(recipe: Recipe, state: Any, tb: Any, distributed: bool) -> list[Any]:
+        return sharpness_instruments(recipe, state, tb, distributed) + audit_instruments(
+            recipe, state, tb, distributed
+        )
 
     return Trainer(
         recipe,
@@ -33,7 +39,7 @@ def make_trainer(
         triage=diagnose_run,
         explain_oom=oom_diagnosis,
         overwrite=overwrite,
-        extra_instruments=sharpness_instruments,
+        extra_instruments=extra,
     )
 
 

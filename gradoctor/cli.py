@@ -292,6 +292,45 @@ def curvature(
 
 
 @app.command()
+def audit(
+    recipe: Annotated[
+        str | None, typer.Argument(help="The YAML recipe (default ./recipe.yaml).")
+    ] = None,
+    overrides: Overrides = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps to audit.")] = 2,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="Target precision to audit against fp32: bf16 | fp16 (default: the recipe's)."
+        ),
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the result as JSON here.")
+    ] = None,
+    fail_on: Annotated[
+        FailOn, typer.Option(help="Exit 3 when findings at or above this severity exist.")
+    ] = FailOn.never,
+) -> None:
+    """Find unstable numerics and precision-sensitive layers before anything goes NaN."""
+    from gradoctor.numerics.api import audit as audit_api
+    from gradoctor.report.audit_console import render_audit
+
+    recipe, overrides = _recipe_and_overrides(recipe, overrides)
+    result = _run(
+        lambda: audit_api(
+            recipe,
+            overrides=overrides or None,
+            json_path=json_path,
+            steps=steps,
+            precision=precision,
+        )
+    )
+    render_audit(result, Console())
+    if result.at_or_above(fail_on.value):
+        raise typer.Exit(3)
+
+
+@app.command()
 def repro(
     recipe: Annotated[
         str | None, typer.Argument(help="The YAML recipe (default ./recipe.yaml).")

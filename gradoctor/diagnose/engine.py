@@ -19,6 +19,7 @@ from gradoctor.diagnose.rules import (
     initial_loss,
     loss_scale,
     nonfinite,
+    numerics,
     update_ratio,
 )
 from gradoctor.diagnose.types import Diagnosis, ranked
@@ -38,6 +39,7 @@ RULES = (
     update_ratio,
     headroom,
     edge_of_stability,
+    numerics,
     initial_loss,
     activation_growth,
 )

@@ -22,6 +22,17 @@ CODES = (
     "edge_of_stability",
     "bad_initial_loss",
     "exploding_activations",
+    # the numerics audit's codes (gradoctor audit; numerics/findings.py)
+    "naive_softmax",
+    "naive_logsumexp",
+    "log_of_softmax",
+    "log_of_sigmoid",
+    "naive_variance",
+    "sqrt_at_zero",
+    "unguarded_division",
+    "log_of_zero",
+    "overflow_risk",
+    "underflow",
 )
 
 

@@ -147,8 +147,9 @@ class ModuleScope:
     owner: ``forward`` while the forward runs (gradient hooks are registered only then),
     ``backward`` while the backward runs, anything else otherwise."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, track_backward: bool = True):
         self.model = model
+        self.track_backward = track_backward  # False: no gradient hooks (forward names only)
         self.names = {m: (n or "(root)") for n, m in model.named_modules()}
         self.phase = ""
         self._fwd: list[str] = []
@@ -204,7 +205,7 @@ class ModuleScope:
     def _pre(self, module: nn.Module, args: Any) -> None:
         name = self.names[module]
         ins = [t for t in tensors(args) if t.requires_grad]
-        if self.phase == "forward" and torch.is_grad_enabled() and ins:
+        if self.track_backward and self.phase == "forward" and torch.is_grad_enabled() and ins:
             self._grad_hooks.append(
                 register_multi_grad_hook(ins, lambda *_g, n=name: self._bwd_exit(n))
             )
@@ -219,7 +220,7 @@ class ModuleScope:
             passed = self._fwd_inputs.pop()
         if module is self.model and self.phase == "forward":
             self._root_done = True
-        if self.phase == "forward" and torch.is_grad_enabled():
+        if self.track_backward and self.phase == "forward" and torch.is_grad_enabled():
             # an input returned as is (Dropout(0), Identity) has no backward of this module
             outs = [t for t in tensors(out) if t.requires_grad and id(t) not in passed]
             if outs:

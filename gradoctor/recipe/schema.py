@@ -80,6 +80,9 @@ class DiagnosticsConfig:
     # (0: off). One measurement costs ~37 gradient steps (11 HVPs at ~3.3 gradients each, and
     # two forwards), so 2000 keeps it near 2% of a run (bench/hvp_cost.py, README).
     sharpness_every: int = 2000
+    # numerics audit (gradoctor audit's pattern detector) on the run's first step: first | off.
+    # Its findings at warning/error join the diagnoses; it costs about one more step, once.
+    audit: str = "first"
     on_nonfinite: str = "stop"  # stop | skip | continue, after the replay of the first bad step
     thresholds: Thresholds = field(default_factory=Thresholds)
 

@@ -109,6 +109,8 @@ SECTION_CHECKS: dict[str, tuple[type, dict[str, Check]]] = {
             "activation_every": int_at_least(0),
             "snapshot_every": int_at_least(1),
             "sharpness_every": int_at_least(0),
+            # YAML reads a bare `off` as false
+            "audit": lambda v: None if v in ("first", "off", False) else "first | off",
             "on_nonfinite": one_of("stop", "skip", "continue"),
             "thresholds": lambda v: (
                 None if isinstance(v, dict) else "a mapping of threshold names to numbers"

@@ -99,6 +99,9 @@ class History:
     # the first step's loss and the loss function's value at chance on the same micro-batch
     # (monitors/initial_loss.py): {"step", "loss", "chance", "rule"}, or {} when not measured
     initial_loss: dict[str, Any] = field(default_factory=dict)
+    # the numerics audit of the run's first step (numerics/train_audit.py): its findings,
+    # each {"code", "severity", "module", "op", "phase", "step", "message", "evidence", "fix"}
+    numerics: list[dict[str, Any]] = field(default_factory=list)
 
     def truncate(self, last_step: int) -> None:
         """Forget every per-step record after ``last_step`` (a replay re-runs those steps)."""
@@ -224,6 +227,7 @@ class History:
             "forward_order": self.forward_order,
             "sharpness": self.sharpness,
             "initial_loss": self.initial_loss,
+            "numerics": self.numerics,
         }
 
     @classmethod
@@ -261,6 +265,7 @@ class History:
             "forward_order",
             "sharpness",
             "initial_loss",
+            "numerics",
             "param_norm_total",
         ):
             if key in data:
