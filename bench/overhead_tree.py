@@ -51,6 +51,7 @@ WHOLE_VARIANTS = {  # diagnostics overrides: what the defaults cost
     "default": {},
     "every-50": {"every": 50},
     "no-hist-act": {"histogram_every": 0, "activation_every": 0},
+    "no-audit": {"audit": "off"},  # the default first-step numerics audit's share
 }
 
 

@@ -198,8 +198,8 @@ def recipe_audit(recipe: Recipe, opts: AuditOptions) -> AuditResult:
 
 
 def _worst(reports: list[PrecisionReport]) -> PrecisionReport:
-    """The first step's report (its keep-list and verification), with each module's SQNR the
-    worst over the audited steps."""
+    """The first step's report (its loss drift, gradient SQNR, keep-list and verification),
+    with each module's SQNRs the worst over the audited steps."""
     first = reports[0]
     for later in reports[1:]:
         by_name = {m.name: m for m in later.modules}
@@ -212,7 +212,6 @@ def _worst(reports: list[PrecisionReport]) -> PrecisionReport:
                     a, b = getattr(row, f.name), getattr(other, f.name)
                     if b is not None and (a is None or b < a):
                         setattr(row, f.name, b)
-        first.loss_drift = max(first.loss_drift, later.loss_drift)
     return first
 
 
