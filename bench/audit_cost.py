@@ -39,8 +39,11 @@ TRANSFORMER = {
         "_component_": f"{ROOT}/sample_models/unstable_numerics.py:TransformerBlock",
         "d_model": 128,
     },
-    "data": {"_component_": "gradoctor.data.synthetic_classification", "batch_size": 256,
-             "n_samples": 4096},
+    "data": {
+        "_component_": "gradoctor.data.synthetic_classification",
+        "batch_size": 256,
+        "n_samples": 4096,
+    },
     "loss": {"_component_": "torch.nn.CrossEntropyLoss"},
     "optimizer": {"_component_": "torch.optim.AdamW", "lr": 1e-3},
     "precision": "bf16",
@@ -107,18 +110,24 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.gpu:
-        configs = {"gpt110m-bf16": GPU_CONFIGS["gpt110m-bf16"],
-                   "resnet18-fp32": HVP_GPU_CONFIGS["resnet18-fp32"]}
+        configs = {
+            "gpt110m-bf16": GPU_CONFIGS["gpt110m-bf16"],
+            "resnet18-fp32": HVP_GPU_CONFIGS["resnet18-fp32"],
+        }
         device_name = "cuda"
     else:
         configs = {**CPU_CONFIGS, "transformer": TRANSFORMER}
         device_name = "cpu"
-    print(f"{'config':<14}{'plain ms':>10}{'audited ms':>12}{'ratio':>8}{'ops/step':>10}"
-          f"{'precision (steps)':>19}{'verify runs':>13}")
+    print(
+        f"{'config':<14}{'plain ms':>10}{'audited ms':>12}{'ratio':>8}{'ops/step':>10}"
+        f"{'precision (steps)':>19}{'verify runs':>13}"
+    )
     for name, src in configs.items():
         r = measure(name, src, device_name, args.target, args.rounds, args.block)
-        print(f"{r['config']:<14}{r['plain_ms']:>10.2f}{r['audited_ms']:>12.2f}{r['ratio']:>8.2f}"
-              f"{r['ops']:>10}{r['precision_steps']:>19.2f}{r['verify_runs']:>13}")
+        print(
+            f"{r['config']:<14}{r['plain_ms']:>10.2f}{r['audited_ms']:>12.2f}{r['ratio']:>8.2f}"
+            f"{r['ops']:>10}{r['precision_steps']:>19.2f}{r['verify_runs']:>13}"
+        )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ Python API (the CLI calls these):
 - ``gradoctor.check_grads(fn_or_module, inputs) -> CaseResult`` (and ``assert_grads_correct``)
 - ``gradoctor.repro(recipe, ...) -> ReproResult``
 - ``gradoctor.audit(recipe, ...) -> AuditResult``
+- ``gradoctor.explain(model, inputs, ...) -> Explanation`` and
+  ``gradoctor.explain_recipe(recipe, ...) -> ExplainResult``
 
 The names that need torch load on first use (PEP 562), so ``import gradoctor.cli`` and
 ``gradoctor --help`` stay free of torch. Modules inside the package never import this root
@@ -36,6 +38,8 @@ from gradoctor.version import __version__
 
 if TYPE_CHECKING:  # the same names, for type checkers and the import graph
     from gradoctor.api import load_report, train, validate
+    from gradoctor.attribution.api import Explanation, explain
+    from gradoctor.attribution.recipe_explain import ExplainResult, explain_recipe
     from gradoctor.gradcheck import Case, assert_grads_correct, check_grads
     from gradoctor.hessian import CurvatureResult, hessian_spectrum
     from gradoctor.hessian.recipe_curvature import curvature
@@ -61,6 +65,10 @@ _LAZY = {
     "Recipe": "gradoctor.recipe",
     "repro": "gradoctor.reproducibility.api",
     "audit": "gradoctor.numerics.api",
+    "explain": "gradoctor.attribution.api",
+    "Explanation": "gradoctor.attribution.api",
+    "ExplainResult": "gradoctor.attribution.recipe_explain",
+    "explain_recipe": "gradoctor.attribution.recipe_explain",
     "AuditResult": "gradoctor.numerics.result",
     "ReproResult": "gradoctor.reproducibility.result",
     "load_recipe": "gradoctor.recipe",
@@ -87,6 +95,8 @@ __all__ = [
     "AuditResult",
     "Case",
     "CurvatureResult",
+    "ExplainResult",
+    "Explanation",
     "GradoctorError",
     "OutOfMemory",
     "Recipe",
@@ -102,6 +112,8 @@ __all__ = [
     "audit",
     "check_grads",
     "curvature",
+    "explain",
+    "explain_recipe",
     "hessian_spectrum",
     "load_recipe",
     "load_report",

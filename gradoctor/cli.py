@@ -2,7 +2,8 @@
 
 Exit codes (documented in the README): 0 success; 1 the run failed (your code raised) or
 check-grads found a wrong gradient; 2 bad recipe or usage; 3 diagnoses at or above
-``--fail-on`` (``repro``: the runs differ); 4 out of memory; 130 interrupted (Ctrl-C).
+``--fail-on`` (``repro``: the runs differ; ``explain``: an example's Integrated Gradients
+missed its completeness tolerance at the step cap); 4 out of memory; 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -289,6 +290,72 @@ def curvature(
     )
     if os.environ.get("RANK", "0") == "0":  # under torchrun: every rank has the result
         render_curvature(result, Console())
+
+
+@app.command()
+def explain(
+    recipe: Annotated[
+        str | None, typer.Argument(help="The YAML recipe (default ./recipe.yaml).")
+    ] = None,
+    overrides: Overrides = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="A run folder or checkpoint.pt (default: the recipe's fresh model)."),
+    ] = None,
+    method: Annotated[str, typer.Option(help="saliency | smoothgrad | ig | all")] = "all",
+    samples: Annotated[int, typer.Option(help="How many of the data's first examples.")] = 8,
+    target: Annotated[str, typer.Option(help="auto (the predicted class) or an index.")] = "auto",
+    baseline: Annotated[
+        str, typer.Option(help="IG's baseline: zero | mean | blur | uniform | noise")
+    ] = "zero",
+    tolerance: Annotated[
+        float, typer.Option(help="IG completeness: |Σa - (F(x) - F(x'))| / |F(x) - F(x')|.")
+    ] = 0.01,
+    max_steps: Annotated[int, typer.Option(help="IG's step cap (doubling from 8).")] = 512,
+    sanity: Annotated[bool, typer.Option(help="Cascading randomisation sanity check.")] = True,
+    precision: Annotated[
+        bool, typer.Option("--precision", help="Use the recipe's autocast (default fp32).")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default <output.dir>/explain).")
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the result as JSON here.")
+    ] = None,
+) -> None:
+    """What the model looks at: saliency, SmoothGrad, Integrated Gradients, checked."""
+    from gradoctor.attribution.recipe_explain import explain_recipe
+    from gradoctor.report.explain_console import render_explain
+
+    if target != "auto" and not target.lstrip("-").isdigit():
+        _run(lambda: _usage(f"--target must be auto or an integer, got {target!r}"))
+    recipe, overrides = _recipe_and_overrides(recipe, overrides)
+    result = _run(
+        lambda: explain_recipe(
+            recipe,
+            overrides=overrides or None,
+            json_path=json_path,
+            checkpoint=checkpoint,
+            method=method,
+            samples=samples,
+            target=target if target == "auto" else int(target),
+            baseline=baseline,
+            tolerance=tolerance,
+            max_steps=max_steps,
+            sanity=sanity,
+            precision=precision,
+            out=out,
+        )
+    )
+    render_explain(result, Console())
+    if result.unconverged:
+        raise typer.Exit(3)
+
+
+def _usage(message: str) -> None:
+    from gradoctor.errors import UsageError
+
+    raise UsageError(message)
 
 
 @app.command()
