@@ -122,8 +122,56 @@ def last_packs(trace: StepTrace) -> dict[int, int]:
     return last
 
 
+def held_state(trace: StepTrace, call_id: int) -> dict[int, tuple[tuple[int, int], int, int]]:
+    """Storages created in the call that state objects among its inputs (a KV ``Cache``) still
+    reach when it returns: record index -> ``(token, bytes, bytes its recomputation makes)``.
+
+    Checkpointed, the call's recomputation runs its code again against the state its forward
+    left: a cache that its forward filled by concatenation (``torch.cat([old, new])``, the
+    ``DynamicCache`` pattern) is appended to once more, so the recomputed storage holds the
+    entry's bytes plus twice the new ones; any other replacement keeps its size."""
+    out: dict[int, tuple[tuple[int, int], int, int]] = {}
+    for token, idx, entry in trace.calls[call_id].held:
+        n = trace.records[idx].nbytes
+        grown = 2 * n - entry if trace.records[idx].op.startswith("aten.cat") else n
+        out[idx] = (token, n, max(grown, n))
+    return out
+
+
+def graph_kept(trace: StepTrace, call_id: int, held: Iterable[int]) -> set[int]:
+    """Storages that the autograd graph of the call's recomputed ``held`` storages keeps alive
+    as long as the state holding them does: the recomputation runs with grad enabled, so a
+    recomputed tensor that escapes into the state carries its graph, whose nodes hold what their
+    ops saved (the recomputed copies). The ops are those the held storages derive from inside
+    the call (data flow, by each op's input records); kept: their outputs and the call's inputs
+    they read that an op inside the call saved."""
+    call = trace.calls[call_id]
+    recs = trace.records
+    inside = lambda i: call.enter <= recs[i].alloc < call.exit  # noqa: E731
+    inputs = set(call.inputs)
+    ops: set[int] = set()
+    seen: set[int] = set()
+    todo = [i for i in held if inside(i)]
+    while todo:
+        i = todo.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        if inside(i):
+            ops.add(recs[i].op_id)
+            todo.extend(recs[i].sources)
+    siblings = {i for i in range(len(recs)) if recs[i].op_id in ops and inside(i)}
+    return {
+        i for i in (seen & inputs) | siblings if any(call_id in stack for stack in recs[i].saved_by)
+    } - set(held)
+
+
 def _recompute_peak(
-    trace: StepTrace, call_id: int, kept: Iterable[int], stop: int | None = None
+    trace: StepTrace,
+    call_id: int,
+    kept: Iterable[int],
+    stop: int | None = None,
+    held: dict[int, tuple[tuple[int, int], int, int]] | None = None,
 ) -> int:
     """Peak bytes the call's recomputation holds at once, replaying its forward up to ``stop``
     (its last save; the call's end when unknown): the ``kept`` storages (saved inside it,
@@ -131,29 +179,41 @@ def _recompute_peak(
     in the forward (those saved only by ops after the call are dropped when the recomputation
     stops), and the autocast weight copies made inside it count as well (autocast's cache is
     empty when the recomputation starts, so it casts those weights again). On CUDA each op's
-    own allocator peak inside the call (its outputs and workspace, e.g. cuDNN's) recurs."""
+    own allocator peak inside the call (its outputs and workspace, e.g. cuDNN's) recurs.
+    ``held`` storages (``held_state``) are made again at their recomputed size while the state
+    still holds the forward's version, until it is replaced."""
     call = trace.calls[call_id]
     end = call.exit if stop is None else min(max(stop, call.enter), call.exit)
     keep = set(kept)
+    held = held or {}
+    pending = sum(  # the forward's versions, alive until the recomputation replaces them
+        old for idx, (_, old, _) in held.items() if call.enter <= trace.records[idx].alloc < end
+    )
     op_peaks: dict[int, int] = {}  # event position -> largest op peak starting there
     lo = bisect.bisect_left(trace.op_spikes, (call.enter, -1))
     for pos, extra in trace.op_spikes[lo:]:
         if pos >= end:
             break
         op_peaks[pos] = max(op_peaks.get(pos, 0), extra)
-    held = live = peak = 0
+    kept_bytes = live = peak = 0
     for i in range(call.enter, end):
         if i in op_peaks:
-            peak = max(peak, held + live + op_peaks[i])
+            peak = max(peak, kept_bytes + live + pending + op_peaks[i])
         idx, sign = trace.events[i]
         r = trace.records[idx]
         if not (call.enter <= r.alloc < call.exit):
             continue
+        if idx in held:
+            if sign > 0:
+                kept_bytes += held[idx][2]
+                peak = max(peak, kept_bytes + live + pending)
+                pending -= held[idx][1]
+            continue
         if idx in keep:
-            held += r.nbytes if sign > 0 else 0
+            kept_bytes += r.nbytes if sign > 0 else 0
         else:
             live += sign * r.nbytes
-        peak = max(peak, held + live)
+        peak = max(peak, kept_bytes + live + pending)
     return peak
 
 
@@ -180,10 +240,15 @@ def module_stats(trace: StepTrace) -> list[ModuleStats]:
                 owner[cid] = owner[call.parent]
         redo = recomputed_records(trace, owner)
         size = lambda ids: sum(trace.records[i].nbytes for i in ids)  # noqa: E731
-        drop = sum(size(x.dropped) for x in redo.values())
+        held = {c: held_state(trace, c) for c in cids if c in redo}
+        drop = sum(  # what state objects hold stays alive
+            size(i for i in x.dropped if i not in held[c]) for c, x in redo.items()
+        )
         spike = max(  # shared storages are alive anyway: their recomputed copies replace them
             (
-                _recompute_peak(trace, c, redo[c].all, stops.get(c)) - size(redo[c].shared)
+                _recompute_peak(trace, c, redo[c].all, stops.get(c), held[c])
+                - size(i for i in redo[c].shared if i not in held[c])
+                - sum(old for _, old, _ in held[c].values())
                 for c in cids
                 if c in redo
             ),
@@ -263,24 +328,52 @@ def _apply_checkpointing(
     saved_frees = sorted(r.free for r in recs if r.saved_by and r.free is not None and r.alloc >= 0)
     retained: dict[int, int] = {}  # input record -> event index where the checkpoint releases it
     stops = last_packs(trace)
-    for cid, redo in recomputed_records(trace, owner).items():
+    redone = recomputed_records(trace, owner)
+    released: dict[tuple[int, int], int] = {}  # state object -> when the last checkpoint that
+    for cid, redo in redone.items():  # holds it (as an input) is done with its backward
+        release = max(recs[i].free for i in redo.all)
+        for token in trace.calls[cid].states:
+            released[token] = max(released.get(token, 0), release)
+    for cid, redo in redone.items():
         call = trace.calls[cid]
         fwd_end = trace.phase_ranges.get(("forward", call.micro), (0, call.exit))[1]
         bwd_start = trace.phase_ranges.get(("backward", call.micro), (fwd_end, fwd_end))[0]
         recompute = _recompute_event(trace, cid, redo, saved_frees, bwd_start)
+        held = held_state(trace, cid)
+        late = max((released[t] for t in call.states if t in released), default=0)
+        for i in graph_kept(trace, cid, held) if held else ():
+            r = recs[i]  # the recomputed copy (or the input) lives as long as the state
+            if r.free is None or late <= r.free:
+                continue
+            if r.alloc >= 0 and call.enter <= r.alloc < call.exit:
+                delta[r.free] += r.nbytes
+                delta[late] -= r.nbytes
+            else:
+                retained[i] = max(retained.get(i, 0), late)
+        for i, (token, old, new) in held.items():  # the state keeps the forward's version until
+            r = recs[i]  # the recomputation replaces it, and that one until the checkpoint goes
+            delta[recompute] += new - old
+            if r.free is not None:
+                delta[r.free] += old
+                delta[max(released.get(token, r.free), r.free)] -= new
         for i in redo.dropped:  # freed early, allocated again by the recomputation
+            if i in held:
+                continue
             r = recs[i]
             gone = trace.natural_free.get(i, call.exit)  # once the module's code drops it
             delta[fwd_end if r.param_cast else min(max(gone, r.alloc + 1), call.exit)] -= r.nbytes
             delta[recompute] += r.nbytes
         for i in redo.shared:  # the original goes when the savers after the call let go of it;
-            r = recs[i]  # the recomputation's copy lives until the original's release
+            if i in held:  # the recomputation's copy lives until the original's release
+                continue
+            r = recs[i]
             outside = [pos for pos, stack in r.released if cid not in stack]
             if outside:
                 delta[max(outside)] -= r.nbytes
                 delta[recompute] += r.nbytes
-        extra = _recompute_peak(trace, cid, redo.all, stops.get(cid))
-        extra -= sum(recs[i].nbytes for i in redo.all)
+        extra = _recompute_peak(trace, cid, redo.all, stops.get(cid), held)
+        extra -= sum(recs[i].nbytes for i in redo.all if i not in held)
+        extra -= sum(new for _, _, new in held.values())
         spikes[recompute] = spikes.get(recompute, 0) + max(extra, 0)
         release = max(recs[i].free for i in redo.all)
         for i in call.inputs:  # the checkpoint holds its inputs until its backward is done

@@ -71,7 +71,9 @@ class SelfCheck:
     predicted: int
     measured: int | None
     error_pct: float | None  # 100 * (predicted - measured) / measured
-    status: str  # ok | oom | skipped (predicted not to fit the device) | failed: <why>
+    status: str  # ok | over_tolerance (|error_pct| > tolerance_pct) | oom | skipped (predicted
+    #              not to fit the device) | failed: <why>
+    tolerance_pct: float | None = None  # the largest |error_pct| reported as ok
 
 
 @dataclass

@@ -88,6 +88,8 @@ class StorageRecord:
     #   (events before the read, call stack of the op that saved it)
     released: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)  # a saver let go:
     #   (events before autograd released its saved copy, call stack of that saver)
+    sources: tuple[int, ...] = ()  # records of the tensors the op that made it read
+    op_id: int = -1  # the op that made it (outputs of one op share it)
 
 
 @dataclass
@@ -102,6 +104,13 @@ class CallRecord:
     enter: int
     exit: int = -1
     inputs: list[int] = field(default_factory=list)  # storage-record indices of tensor inputs
+    # state objects among its non-tensor inputs (a KV ``Cache``), as ``(micro, id)`` tokens:
+    # a checkpoint keeps them, and what they reach, alive until its backward is done
+    states: list[tuple[int, int]] = field(default_factory=list)
+    # storages created in the call that those objects still reach when it returns: ``(token,
+    # record index, bytes the same attribute path held on entry)``; its recomputation runs
+    # against the state the forward left, e.g. appends to the cache again
+    held: list[tuple[tuple[int, int], int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -208,6 +217,9 @@ class StepTracker(TorchDispatchMode):
         self.phase = "forward"
         self.micro = 0
         self._phase_ranges: dict[tuple[str, int], tuple[int, int]] = {}
+        self._state_objs: dict[int, list[tuple[Any, dict[tuple, int]]]] = {}  # open calls
+        self._op_id = 0  # ops dispatched so far
+        self._sources: tuple[int, ...] | None = None  # the current op's input records
 
     def _watch(self, tensors: Iterable[Any], category: str) -> None:
         seen: set[int] = set()
@@ -292,6 +304,7 @@ class StepTracker(TorchDispatchMode):
             if t.device.type == self.device_type
             and t.untyped_storage().nbytes() <= t.numel() * t.element_size()
         }
+        self._sources = None
         for ref, key, op in pending:
             storage = ref()
             if storage is not None and key in owned and key not in self.live:
@@ -317,6 +330,8 @@ class StepTracker(TorchDispatchMode):
             self.device_peak = max(self.device_peak, peak)
             self.op_spikes.append((position, peak - before))
         inputs: set[int] | None = None
+        self._op_id += 1
+        self._sources = None
         outs = (out,) if isinstance(out, torch.Tensor) else _tensors(out)
         for t in outs:
             if not isinstance(t, torch.Tensor) or t.device.type != self.device_type:
@@ -328,6 +343,9 @@ class StepTracker(TorchDispatchMode):
                 inputs = _keys(_tensors((args, kwargs)))
             if key in inputs:  # a view or in-place result of an untracked input
                 continue
+            if self._sources is None:
+                found = (self.live.get(k, self._preexisting.get(k)) for k in inputs)
+                self._sources = tuple(i for i in found if i is not None)
             self._new(
                 t,
                 key,
@@ -356,6 +374,8 @@ class StepTracker(TorchDispatchMode):
                 alloc=len(self.events),
                 op=op,
                 param_cast=bool(param_cast),
+                sources=self._sources or (),
+                op_id=self._op_id,
             )
         )
         self.live[key] = idx
@@ -424,6 +444,20 @@ class StepTracker(TorchDispatchMode):
                 idx = self.live.get(key, self._preexisting.get(key))
                 if idx is not None:
                     call.inputs.append(idx)
+            objs = _state_objects((args, kwargs))
+            if objs and self.phase == "forward":
+                self._state_objs[len(self.calls)] = [
+                    (
+                        obj,
+                        {
+                            path: storage_bytes(t)
+                            for path, t in _reachable(obj)
+                            if t.device.type == self.device_type and storage_key(t) is not None
+                        },
+                    )
+                    for obj in objs
+                ]
+                call.states = [(self.micro, id(obj)) for obj in objs]
             self.stack.append(len(self.calls))
             self.calls.append(call)
 
@@ -431,7 +465,17 @@ class StepTracker(TorchDispatchMode):
 
     def _post_hook(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if self.stack:
-            self.calls[self.stack.pop()].exit = len(self.events)
+            cid = self.stack.pop()
+            call = self.calls[cid]
+            call.exit = len(self.events)
+            for obj, entry in self._state_objs.pop(cid, ()):
+                token = (call.micro, id(obj))
+                for path, t in _reachable(obj):
+                    if t.device.type != self.device_type:
+                        continue
+                    idx = self.live.get(storage_key(t))
+                    if idx is not None and call.enter <= self.records[idx].alloc < call.exit:
+                        call.held.append((token, idx, entry.get(path, 0)))
 
     # ---- after the step -------------------------------------------------------------------
     def keys_of(self, tensors: Iterable[Any]) -> set[int]:
@@ -504,6 +548,54 @@ def _tensors(obj: Any, out: list[torch.Tensor] | None = None) -> list[torch.Tens
     elif isinstance(obj, dict):
         for item in obj.values():
             _tensors(item, out)
+    return out
+
+
+_ATOMS = (str, bytes, int, float, complex, bool, type(None), torch.dtype, torch.device)
+
+
+def _state_objects(inputs: Any) -> list[Any]:
+    """The objects among a call's inputs (top level, or in tuples / lists / dicts) that are not
+    tensors, containers or plain values: state a module may mutate (a KV ``Cache``)."""
+    out: list[Any] = []
+    stack = [inputs]
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, (tuple, list)):
+            stack.extend(obj)
+        elif isinstance(obj, dict):
+            stack.extend(obj.values())
+        elif not isinstance(obj, (torch.Tensor, torch.nn.Module, _ATOMS)) and hasattr(
+            obj, "__dict__"
+        ):
+            out.append(obj)
+    return out
+
+
+def _reachable(obj: Any, depth: int = 4, most: int = 512) -> list[tuple[tuple, torch.Tensor]]:
+    """``(attribute path, tensor)`` for the tensors ``obj`` reaches through attributes, lists,
+    tuples and dicts (``depth`` levels, ``most`` objects; modules are not entered)."""
+    out: list[tuple[tuple, torch.Tensor]] = []
+    seen: set[int] = set()
+    stack: list[tuple[tuple, Any, int]] = [((), obj, 0)]
+    while stack and len(seen) < most:
+        path, item, level = stack.pop()
+        if isinstance(item, torch.Tensor):
+            out.append((path, item))
+            continue
+        if level > depth or id(item) in seen or isinstance(item, (torch.nn.Module, _ATOMS)):
+            continue
+        seen.add(id(item))
+        if isinstance(item, (tuple, list)):
+            children = enumerate(item)
+        elif isinstance(item, dict):
+            children = ((k, v) for k, v in item.items() if isinstance(k, (str, int)))
+        elif hasattr(item, "__dict__"):
+            children = vars(item).items()
+        else:
+            continue
+        for name, child in children:
+            stack.append(((*path, name), child, level + 1))
     return out
 
 

@@ -151,10 +151,23 @@ def _what_if(p: MemoryProfile, console: Console) -> None:
         if checks:
             if check is None or check.measured is None:
                 cells += [check.status if check else "-", ""]
+            elif check.status == "over_tolerance":
+                cells += [format_bytes(check.measured), f"[red]{check.error_pct:+.1f}%[/]"]
             else:
                 cells += [format_bytes(check.measured), f"{check.error_pct:+.1f}%"]
         table.add_row(*cells)
     console.print(table)
+    off = [c for c in p.checks if c.status == "over_tolerance"]
+    if off:
+        worst = max(off, key=lambda c: abs(c.error_pct or 0.0))
+        low = sum((c.error_pct or 0.0) < 0 for c in off)
+        tol = f" (tolerance {worst.tolerance_pct:g}%)" if worst.tolerance_pct is not None else ""
+        console.print(
+            f"[bold red]warning:[/] {len(off)} self-check(s) off by more than the "
+            f"tolerance{tol}, {low} of them under-predicted; worst {worst.error_pct:+.1f}% "
+            f"({worst.precision}, checkpoint {worst.checkpoint}, batch {worst.batch_size}): "
+            "do not rely on these predictions; the measured peaks are in the table"
+        )
 
 
 def _plan(p: MemoryProfile, console: Console) -> None:
