@@ -62,6 +62,12 @@ class FailOn(str, Enum):
     error = "error"
 
 
+OptionalRecipe = Annotated[
+    str | None, typer.Argument(help="The YAML recipe (default ./recipe.yaml).")
+]
+JsonPath = Annotated[
+    Path | None, typer.Option("--json", help="Also write the result as JSON here.")
+]
 Overrides = Annotated[
     list[str] | None,
     typer.Argument(
@@ -201,9 +207,7 @@ def check_grads(
 
 @app.command("memory-profile")
 def memory_profile(
-    recipe: Annotated[
-        str | None, typer.Argument(help="The YAML recipe (default ./recipe.yaml).")
-    ] = None,
+    recipe: OptionalRecipe = None,
     overrides: Overrides = None,
     batch_sizes: Annotated[
         str | None,
@@ -247,9 +251,7 @@ def memory_profile(
 
 @app.command()
 def curvature(
-    recipe: Annotated[
-        str | None, typer.Argument(help="The YAML recipe (default ./recipe.yaml).")
-    ] = None,
+    recipe: OptionalRecipe = None,
     overrides: Overrides = None,
     checkpoint: Annotated[
         Path | None,
@@ -266,9 +268,7 @@ def curvature(
     per_layer: Annotated[
         bool, typer.Option("--per-layer", help="Top eigenvalue and trace of each module's block.")
     ] = False,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Also write the result as JSON here.")
-    ] = None,
+    json_path: JsonPath = None,
 ) -> None:
     """Hessian spectrum of a recipe's loss, and its learning rate's stability limit."""
     from gradoctor.hessian.recipe_curvature import curvature as curvature_api
@@ -294,9 +294,7 @@ def curvature(
 
 @app.command()
 def explain(
-    recipe: Annotated[
-        str | None, typer.Argument(help="The YAML recipe (default ./recipe.yaml).")
-    ] = None,
+    recipe: OptionalRecipe = None,
     overrides: Overrides = None,
     checkpoint: Annotated[
         Path | None,
@@ -319,9 +317,7 @@ def explain(
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default <output.dir>/explain).")
     ] = None,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Also write the result as JSON here.")
-    ] = None,
+    json_path: JsonPath = None,
 ) -> None:
     """What the model looks at: saliency, SmoothGrad, Integrated Gradients, checked."""
     from gradoctor.attribution.recipe_explain import explain_recipe
@@ -360,9 +356,7 @@ def _usage(message: str) -> None:
 
 @app.command()
 def audit(
-    recipe: Annotated[
-        str | None, typer.Argument(help="The YAML recipe (default ./recipe.yaml).")
-    ] = None,
+    recipe: OptionalRecipe = None,
     overrides: Overrides = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps to audit.")] = 2,
     precision: Annotated[
@@ -371,9 +365,7 @@ def audit(
             help="Target precision to audit against fp32: bf16 | fp16 (default: the recipe's)."
         ),
     ] = None,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Also write the result as JSON here.")
-    ] = None,
+    json_path: JsonPath = None,
     fail_on: Annotated[
         FailOn, typer.Option(help="Exit 3 when findings at or above this severity exist.")
     ] = FailOn.never,
@@ -399,18 +391,14 @@ def audit(
 
 @app.command()
 def repro(
-    recipe: Annotated[
-        str | None, typer.Argument(help="The YAML recipe (default ./recipe.yaml).")
-    ] = None,
+    recipe: OptionalRecipe = None,
     overrides: Overrides = None,
     steps: Annotated[int, typer.Option(help="Optimizer steps to run twice.")] = 3,
     deterministic_check: Annotated[
         bool,
         typer.Option(help="When the runs differ, re-run them in deterministic mode."),
     ] = True,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Also write the result as JSON here.")
-    ] = None,
+    json_path: JsonPath = None,
 ) -> None:
     """Run the first steps twice in two processes; name the first op that makes them differ."""
     from gradoctor.report.repro_console import render_repro

@@ -30,7 +30,7 @@ from gradoctor.attribution.baselines import KINDS
 from gradoctor.attribution.figures import figure, kind_of, save_png
 from gradoctor.devices import pick_device
 from gradoctor.errors import UsageError
-from gradoctor.recipe import Recipe, load_command_recipe
+from gradoctor.recipe import Recipe, command_options, load_command_recipe
 from gradoctor.sinks.report_json import check_json_target, write_json_atomic, write_json_output
 from gradoctor.training.batches import to_device
 from gradoctor.training.build import build_state
@@ -106,10 +106,7 @@ def explain_recipe(
     fields. Silent. Raises UsageError, RecipeError, UserCodeError."""
     if json_path is not None:
         check_json_target(Path(json_path))
-    try:
-        opts = ExplainOptions(**options)
-    except TypeError as exc:
-        raise UsageError(f"explain(): {exc}") from None
+    opts = command_options(ExplainOptions, options, "explain")
     if opts.method not in (*METHODS, "all"):
         raise UsageError(f"--method must be one of {', '.join(METHODS)}, all; got {opts.method!r}")
     if opts.baseline not in KINDS:

@@ -46,7 +46,7 @@ from gradoctor.hessian.api import hessian_spectrum
 from gradoctor.hessian.ranks import RankSum, broadcast_module
 from gradoctor.hessian.result import CurvatureResult
 from gradoctor.hessian.stability import adam_preconditioner, stability_threshold
-from gradoctor.recipe import Recipe, load_command_recipe
+from gradoctor.recipe import Recipe, command_options, load_command_recipe
 from gradoctor.sinks.report_json import check_json_target, write_json_output
 from gradoctor.training.batches import compute_loss, to_device
 from gradoctor.training.build import build_state
@@ -86,10 +86,7 @@ def curvature(
     also writes ``result.to_dict()`` there (checked before anything runs). Silent."""
     if json_path is not None:
         check_json_target(Path(json_path))
-    try:
-        opts = CurvatureOptions(**options)
-    except TypeError as exc:
-        raise UsageError(f"curvature(): {exc}") from None
+    opts = command_options(CurvatureOptions, options, "curvature")
     loaded = load_command_recipe(recipe, overrides, "curvature")
     with curvature_ranks(loaded) as ctx:
         result = recipe_curvature(loaded, opts, ctx)

@@ -32,7 +32,7 @@ from gradoctor.numerics.findings import ranked
 from gradoctor.numerics.patterns import PatternDetector
 from gradoctor.numerics.precision import DTYPES, PrecisionAudit, PrecisionOptions, PrecisionReport
 from gradoctor.numerics.result import AuditResult
-from gradoctor.recipe import Recipe, load_command_recipe
+from gradoctor.recipe import Recipe, command_options, load_command_recipe
 from gradoctor.sinks.report_json import check_json_target, write_json_output
 from gradoctor.training.batches import to_device
 from gradoctor.training.build import build_state
@@ -69,10 +69,7 @@ def audit(
     Silent. Raises UsageError, RecipeError, UserCodeError."""
     if json_path is not None:
         check_json_target(Path(json_path))
-    try:
-        opts = AuditOptions(**options)
-    except TypeError as exc:
-        raise UsageError(f"audit(): {exc}") from None
+    opts = command_options(AuditOptions, options, "audit")
     if not isinstance(opts.steps, int) or opts.steps < 1:
         raise UsageError(f"--steps must be a whole number >= 1, got {opts.steps!r}")
     if opts.precision is not None and opts.precision not in DTYPES:

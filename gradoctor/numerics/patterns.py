@@ -323,30 +323,13 @@ class PatternDetector(Instrument):
         }
         dtypes = self._dtypes(e.dtype)
 
-        def grade(s: dict[str, float]) -> tuple[str, str, dict[str, Any]] | None:
-            m = s["max_exponent"]
-            points = {str(d).removeprefix("torch."): exp_overflow_point(d) for d in dtypes}
-            worst = min(points.values())
-            ev = {
-                "max_exponent": m,
-                "overflow_at": points,
-                "headroom": worst - m,
-                "nonfinite_outputs": int(s["nonfinite"]),
-            }
-            if s["nonfinite"] > 0 or m >= exp_overflow_point(dtypes[0]):
-                sev = "error"
-            elif m >= worst - THRESHOLDS["exp_margin"]:
-                sev = "warning"
-            else:
-                sev = "info"
-            msg = (
-                f"{WHAT['naive_softmax']}: the largest exponent was {m:.4g}, "
-                f"{worst - m:.3g} below the overflow point {worst:.4g} "
-                f"({min(points, key=points.get)})"
-            )
-            return sev, msg, ev
-
-        self._add("naive_softmax", "aten.div", e.dtype, stats, grade)
+        self._add(
+            "naive_softmax",
+            "aten.div",
+            e.dtype,
+            stats,
+            _exponent_grade(dtypes, f"{WHAT['naive_softmax']}: the largest exponent"),
+        )
         return True
 
     def _division(self, name: str, d: torch.Tensor, dnode: _Node) -> None:
@@ -493,23 +476,13 @@ class PatternDetector(Instrument):
         }
         dtypes = self._dtypes(s_out.dtype)
 
-        def grade(s: dict[str, float]) -> tuple[str, str, dict[str, Any]]:
-            m = s["max_exponent"]
-            worst = min(exp_overflow_point(d) for d in dtypes)
-            ev = {"max_log_sum": m, "overflow_at": worst, "headroom": worst - m}
-            if s["nonfinite"] > 0 or m >= exp_overflow_point(dtypes[0]):
-                sev = "error"
-            elif m >= worst - THRESHOLDS["exp_margin"]:
-                sev = "warning"
-            else:
-                sev = "info"
-            msg = (
-                f"{WHAT['naive_logsumexp']}: log(sum(exp)) reached {m:.4g}, {worst - m:.3g} "
-                f"below the overflow point {worst:.4g}"
-            )
-            return sev, msg, ev
-
-        self._add("naive_logsumexp", name, s_out.dtype, stats, grade)
+        self._add(
+            "naive_logsumexp",
+            name,
+            s_out.dtype,
+            stats,
+            _exponent_grade(dtypes, f"{WHAT['naive_logsumexp']}: log(sum(exp))"),
+        )
 
     def _log_of_zero(self, name: str, x: torch.Tensor, base: _Node) -> None:
         if _guarded(base):
@@ -735,6 +708,37 @@ def _guarded(node: _Node) -> bool:
     if node.op in ("aten.add", "aten.clamp", "aten.clamp_min", "aten.softplus"):
         return node.op != "aten.add" or bool(node.numbers) or len(node.ins) == 1
     return False
+
+
+def _exponent_grade(
+    dtypes: list[torch.dtype], what: str
+) -> Callable[[dict[str, float]], tuple[str, str, dict[str, Any]]]:
+    """The grade of an unshifted exponent (naive softmax / logsumexp): its largest value
+    against each dtype's overflow point ln(max); an error once it overflowed."""
+
+    def grade(s: dict[str, float]) -> tuple[str, str, dict[str, Any]]:
+        m = s["max_exponent"]
+        points = {str(d).removeprefix("torch."): exp_overflow_point(d) for d in dtypes}
+        worst = min(points.values())
+        ev = {
+            "max_exponent": m,
+            "overflow_at": points,
+            "headroom": worst - m,
+            "nonfinite_outputs": int(s["nonfinite"]),
+        }
+        if s["nonfinite"] > 0 or m >= exp_overflow_point(dtypes[0]):
+            sev = "error"
+        elif m >= worst - THRESHOLDS["exp_margin"]:
+            sev = "warning"
+        else:
+            sev = "info"
+        msg = (
+            f"{what} reached {m:.4g}, {worst - m:.3g} below the overflow point {worst:.4g} "
+            f"({min(points, key=points.get)})"
+        )
+        return sev, msg, ev
+
+    return grade
 
 
 def _underflow_grade(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gradoctor.errors import UsageError
 from gradoctor.recipe.load import apply_overrides, read_yaml
@@ -20,6 +20,7 @@ from gradoctor.recipe.schema import (
 from gradoctor.recipe.validate import build_recipe
 
 __all__ = [
+    "command_options",
     "ComponentSpec",
     "DiagnosticsConfig",
     "GradScalerConfig",
@@ -29,6 +30,9 @@ __all__ = [
     "load_command_recipe",
     "load_recipe",
 ]
+
+
+T = TypeVar("T")
 
 
 def _nested_to_dotted(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -99,6 +103,15 @@ def load_recipe(
     )
     loaded.overrides = earlier + as_text
     return loaded
+
+
+def command_options(cls: type[T], options: dict[str, Any], command: str) -> T:
+    """A command's options dataclass from its API's keyword arguments: an unknown or missing
+    one is a UsageError naming the command (``curvature(): ... unexpected keyword ...``)."""
+    try:
+        return cls(**options)
+    except TypeError as exc:
+        raise UsageError(f"{command}(): {exc}") from None
 
 
 def load_command_recipe(
