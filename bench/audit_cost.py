@@ -18,7 +18,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +27,7 @@ import torch  # noqa: E402
 
 from bench.hvp_cost import HVP_GPU_CONFIGS  # noqa: E402
 from bench.overhead import CPU_CONFIGS, GPU_CONFIGS, _load  # noqa: E402
+from bench.side_by_side import interleaved, timed  # noqa: E402
 from gradoctor.numerics.patterns import PatternDetector  # noqa: E402
 from gradoctor.numerics.precision import DTYPES, PrecisionAudit, PrecisionOptions  # noqa: E402
 from gradoctor.training.batches import to_device  # noqa: E402
@@ -50,41 +50,31 @@ TRANSFORMER = {
 }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure(name: str, src, device_name: str, target: str, rounds: int, block: int) -> dict:  # noqa: ANN001
     with tempfile.TemporaryDirectory() as tmp:
         recipe, device = _load(name, src, device_name, Path(tmp))
         state, _ = build_state(recipe, device)
         stepper = TrainStep(state, StepConfig.from_recipe(recipe))
         detector = PatternDetector(state.model, target=DTYPES[target], steps=None)
-        times: dict[str, list[float]] = {"plain": [], "audited": []}
         for _ in range(3):
             stepper.run([]).loss.item()
         stepper.run([detector])
-        for _ in range(rounds):
-            for kind in ("plain", "audited"):
-                for _ in range(block):
-                    _sync(device)
-                    t0 = time.perf_counter()
-                    if kind == "plain":
-                        stepper.run([]).loss.item()
-                    else:
-                        stepper.run([detector])
-                    _sync(device)
-                    times[kind].append(time.perf_counter() - t0)
+        times = interleaved(
+            {
+                "plain": lambda: stepper.run([]).loss.item(),
+                "audited": lambda: stepper.run([detector]),
+            },
+            rounds,
+            block,
+            device,
+        )
         batch = to_device(state.data.next(), device)
         audit = PrecisionAudit(state.model, state.loss_fn, device, PrecisionOptions(target))
         precision_s = []
+        reports = []
         for _ in range(2):
-            _sync(device)
-            t0 = time.perf_counter()
-            report = audit.run(batch)
-            _sync(device)
-            precision_s.append(time.perf_counter() - t0)
+            precision_s.append(timed(lambda: reports.append(audit.run(batch)), device))
+        report = reports[-1]
         stepper.close()
     plain = statistics.median(times["plain"])
     audited = statistics.median(times["audited"])

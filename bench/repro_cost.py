@@ -16,7 +16,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,14 +25,10 @@ import torch  # noqa: E402
 
 from bench.hvp_cost import HVP_GPU_CONFIGS  # noqa: E402
 from bench.overhead import CPU_CONFIGS, GPU_CONFIGS, _load  # noqa: E402
+from bench.side_by_side import interleaved  # noqa: E402
 from gradoctor.reproducibility.recorder import OpDigestRecorder  # noqa: E402
 from gradoctor.training.build import build_state  # noqa: E402
 from gradoctor.training.step import StepConfig, TrainStep  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def measure(name: str, src, device_name: str, rounds: int, block: int, warmup: int) -> dict:  # noqa: ANN001
@@ -42,7 +37,6 @@ def measure(name: str, src, device_name: str, rounds: int, block: int, warmup: i
         state, _ = build_state(recipe, device)
         stepper = TrainStep(state, StepConfig.from_recipe(recipe))
         recorder = OpDigestRecorder(state.model)
-        times: dict[str, list[float]] = {"plain": [], "recorded": []}
         for _ in range(warmup):
             stepper.run([]).loss.item()
         for _ in range(2):
@@ -51,19 +45,17 @@ def measure(name: str, src, device_name: str, rounds: int, block: int, warmup: i
         stepper.run([recorder])
         per_step_ops = len(recorder.stream.records) - n0
         per_step_digests = len(recorder.stream.kinds) - d0
-        for _ in range(rounds):
-            for kind in ("plain", "recorded"):
-                for _ in range(block):
-                    _sync(device)
-                    t0 = time.perf_counter()
-                    if kind == "plain":
-                        stepper.run([]).loss.item()
-                    else:
-                        stepper.run([recorder])
-                    _sync(device)
-                    times[kind].append(time.perf_counter() - t0)
-                    if kind == "recorded":  # keep the stream from growing over the run
-                        recorder.stream.records.clear()
+
+        def recorded() -> None:
+            stepper.run([recorder])
+            recorder.stream.records.clear()  # keep the stream from growing over the run
+
+        times = interleaved(
+            {"plain": lambda: stepper.run([]).loss.item(), "recorded": recorded},
+            rounds,
+            block,
+            device,
+        )
         stepper.close()
     plain, rec = statistics.median(times["plain"]), statistics.median(times["recorded"])
     return {
