@@ -13,6 +13,9 @@ from typer.testing import CliRunner
 import gradoctor
 from gradoctor.cli import app
 from gradoctor.errors import RecipeError
+from tests.conftest import ASSETS
+
+BROKEN = ASSETS / "broken_forward.py"
 
 
 def _write(tmp_path: Path, recipe: dict, name: str = "recipe.yaml") -> Path:
@@ -75,20 +78,11 @@ def test_cli_bad_input(make_recipe, tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_user_code_that_raises_is_exit_1(make_recipe, tmp_path: Path) -> None:  # noqa: ANN001
-    model = tmp_path / "broken.py"
-    model.write_text(
-        "import torch\n"
-        "class Broken(torch.nn.Module):\n"
-        "    def __init__(self, in_features=20, out_features=4):\n"
-        "        super().__init__()\n"
-        "        self.lin = torch.nn.Linear(in_features, out_features)\n"
-        "    def forward(self, x):\n"
-        "        raise ValueError('planted failure')\n"
-    )
     recipe = make_recipe("StableHeads")
-    recipe["model"] = {"_component_": f"{model}:Broken"}
+    recipe["model"] = {"_component_": f"{BROKEN}:Broken"}
     res = CliRunner().invoke(app, ["audit", str(_write(tmp_path, recipe))])
-    assert res.exit_code == 1 and "planted failure" in res.output and "broken.py" in res.output
+    assert res.exit_code == 1 and "planted failure" in res.output
+    assert "broken_forward.py" in res.output
 
 
 def test_a_model_with_no_tensor_ops_is_a_clear_error(tmp_path: Path) -> None:

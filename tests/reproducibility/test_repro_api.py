@@ -16,6 +16,7 @@ from gradoctor.errors import UsageError, UserCodeError
 from gradoctor.reproducibility.api import _max_abs_diff
 from gradoctor.reproducibility.stream import OpStream
 from gradoctor.reproducibility.worker import recorded_run
+from tests.conftest import ASSETS
 from tests.reproducibility.conftest import PLANTED
 
 ASLR = Path("/proc/sys/kernel/randomize_va_space")
@@ -91,21 +92,12 @@ def test_cli_healthy_exit_0(make_recipe, tmp_path: Path) -> None:  # noqa: ANN00
 
 
 def test_user_code_that_raises_is_exit_1_with_its_frame(make_recipe, tmp_path: Path) -> None:  # noqa: ANN001
-    model = tmp_path / "broken.py"
-    model.write_text(
-        "import torch\n"
-        "class Broken(torch.nn.Module):\n"
-        "    def __init__(self, in_features=20, out_features=4):\n"
-        "        super().__init__()\n"
-        "        self.lin = torch.nn.Linear(in_features, out_features)\n"
-        "    def forward(self, x):\n"
-        "        raise ValueError('planted failure')\n"
-    )
     recipe = make_recipe()
-    recipe["model"]["_component_"] = f"{model}:Broken"
+    recipe["model"]["_component_"] = f"{ASSETS / 'broken_forward.py'}:Broken"
     with pytest.raises(UserCodeError) as err:
         gradoctor.repro(recipe, steps=1)
-    assert "planted failure" in str(err.value) and "broken.py" in err.value.user_traceback
+    assert "planted failure" in str(err.value)
+    assert "broken_forward.py" in err.value.user_traceback
     recipe_path = tmp_path / "recipe.yaml"
     recipe_path.write_text(yaml.safe_dump(recipe))
     res = CliRunner().invoke(app, ["repro", str(recipe_path), "--steps", "1"])
