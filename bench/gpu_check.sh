@@ -49,6 +49,12 @@ section "HVP cost vs a gradient (curvature)" &&
 section "repro: recorded step vs plain step (goal <= 2)" &&
   timeout 120 python bench/repro_cost.py --gpu --rounds 3 2>&1 | tail -n 4
 
+section "audit: the detector's step vs a plain step (goal <= 3); precision audit in steps" &&
+  timeout 120 python bench/audit_cost.py --gpu --rounds 3 2>&1 | tail -n 4
+
+section "explain: evaluations and ms per example, IG auto vs fixed" &&
+  timeout 120 python bench/explain_cost.py --gpu --samples 32 --train-steps 100 2>&1 | grep -v Warn | tail -n 30
+
 [ -f bench/checkgrads_speed.py ] && section "check-grads speed" &&
   timeout 60 python bench/checkgrads_speed.py 2>&1 | tail -n 12
 echo "== done in ${SECONDS}s"
