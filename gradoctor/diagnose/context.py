@@ -6,6 +6,7 @@ its JSON form: the rules read attributes, and nothing here parses the strings ``
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ NORM_TYPES = (
     "InstanceNorm2d",
 )
 FP16_MAX = 65504.0
+_DIGITS = re.compile(r"\d+")
 
 
 @dataclass
@@ -112,6 +114,21 @@ class RunContext:
         order = [n for n in self.history.forward_order if n in names] or list(names)
         order += [n for n in names if n not in order]
         return [n for n in order if _weight_bearing(self.modules.get(n))]
+
+    def depth_stacks(self) -> list[list[str]]:
+        """Same-kind modules at different depths, each stack in ``depth_order()``.
+
+        A kind is a class name plus the qualified name with every run of digits read as an
+        index: ``encoder.layer.0.attention.self.query`` and ``encoder.layer.5.attention.self.query``
+        (both ``Linear``) are one kind, as are ``layers.0`` ... ``layers.11`` or ``fc1`` ...
+        ``fc4``. Only kinds with two or more modules form a stack; a module whose kind occurs
+        once (a head, a pooler, a one-layer model's projections) has no depth peer.
+        """
+        stacks: dict[tuple[str, str], list[str]] = {}
+        for name in self.depth_order():
+            kind = (self.modules[name].type, _DIGITS.sub("#", name))
+            stacks.setdefault(kind, []).append(name)
+        return [members for members in stacks.values() if len(members) > 1]
 
 
 def _in(steps: Any, members: list[int]) -> np.ndarray:

@@ -71,7 +71,8 @@ def _errors(arch, precision, names, use_cache=True):
 
 
 @pytest.mark.parametrize(
-    "precision", [pytest.param("fp32", marks=pytest.mark.slow), "bf16"]  # fp32: 3 configs each
+    "precision",
+    [pytest.param("fp32", marks=pytest.mark.slow), "bf16"],  # fp32: 3 configs each
 )
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_checkpointed_decoder_blocks_are_predicted_within_1pct(arch, precision):

@@ -4,6 +4,15 @@ Depth comparisons use each weight-bearing module's gradient RMS (norm / sqrt(num
 wide and narrow layers compare fairly; input side = first in forward order, output side = last.
 A ratio counts only if it holds on ``sustained_fraction`` of the logged steps in the run's
 second half (transients at initialization are not a pathology).
+
+Vanishing is judged along the depth of each stack of same-kind modules
+(``RunContext.depth_stacks``: ``layers.0`` against ``layers.11``, layer 0's attention query
+against layer 5's), never a module against the output layer: some modules get small
+gradients for structural reasons that hold at every depth (attention query/key projections
+while attention is near uniform, embeddings, normalisation gains), and a same-kind
+comparison cancels them, while signal lost with depth shows as the input-side member
+starved against the output-side one. A module that gets no gradient at all (RMS below
+``vanish_floor`` while the output layer learns) is reported with or without a stack.
 """
 
 from __future__ import annotations
@@ -120,50 +129,87 @@ def check(ctx: RunContext) -> list[Diagnosis]:
                 fix="check initialization (use Kaiming/Xavier scaled for depth), add normalization or residual scaling, or clip gradients",
             )
         )
-    # 3. vanishing toward the input: only on steps where the output layer still learns
-    alive = rms[:, -1] > th.vanish_floor * 1e3
+    # 4. vanishing toward the input, within each stack of same-kind modules
+    out += _vanishing(ctx, order, rms, _second_half(steps))
+    return out
+
+
+def _stack_reference(ctx: RunContext, order: list[str]) -> np.ndarray:
+    """``int [n_modules]``: per column of ``order``, the column of the output-side member of its
+    stack (itself for that member), or -1 for a module with no depth peer."""
+    ref = np.full(len(order), -1)
+    for stack in ctx.depth_stacks():
+        for name in stack:
+            ref[order.index(name)] = order.index(stack[-1])
+    return ref
+
+
+def _vanishing(
+    ctx: RunContext, order: list[str], rms: np.ndarray, steps: np.ndarray
+) -> list[Diagnosis]:
+    """Stack members far below their stack's output-side member, or any module below the floor.
+
+    Args:
+        ctx (RunContext): the run.
+        order (list[str]): weight-bearing modules, input side first (``depth_order()``).
+        rms (np.ndarray): ``float64 [n_rows, n_modules]`` gradient RMS of the second half.
+        steps (np.ndarray): ``int64 [n_rows]`` the step of each row.
+    """
+    th = ctx.thresholds
+    alive = rms[:, -1] > th.vanish_floor * 1e3  # only on steps where the output layer learns
     if alive.sum() < 2:
-        return out
+        return []
     live = rms[alive]
+    ref = _stack_reference(ctx, order)
+    in_stack = ref >= 0
+    against = np.where(in_stack, ref, len(order) - 1)  # a peerless module: the output layer
     with np.errstate(divide="ignore", invalid="ignore"):
-        rel = live / live[:, -1:]
-    held_each = np.mean((rel < th.vanish_depth_ratio) | (live < th.vanish_floor), axis=0)
-    med_rel = (
-        np.nanmedian(np.where(np.isfinite(rel), rel, np.nan), axis=0)
-        if np.isfinite(rel).any()
-        else np.zeros(rel.shape[1])
-    )
+        rel = live / live[:, against]
+    starved = ((rel < th.vanish_depth_ratio) & in_stack) | (live < th.vanish_floor)
+    held_each = np.mean(starved, axis=0)
+    finite = np.where(np.isfinite(rel), rel, np.nan)
+    med_rel = np.zeros(len(order))
+    has = np.isfinite(finite).any(axis=0)
+    med_rel[has] = np.nanmedian(finite[:, has], axis=0)
     vanished = [
         order[j]
-        for j in np.argsort(med_rel)
-        if held_each[j] >= th.sustained_fraction and j < len(order) - 1
+        for j in np.argsort(med_rel, kind="stable")
+        if held_each[j] >= th.sustained_fraction and j != len(order) - 1
     ]
-    if vanished:
-        first = vanished[0]
-        j = order.index(first)
-        out.append(
-            Diagnosis(
-                code="vanishing_gradients",
-                severity="warning",
-                message=f"'{first}' gets "
-                + (
-                    f"gradients {med_rel[j]:.2g}x those of"
-                    if med_rel[j] > 0
-                    else "no gradient, unlike"
-                )
-                + f" the output layer '{order[-1]}'",
-                modules=vanished[:5],
-                steps=[int(s) for s in _second_half(steps)[[0, -1]]],
-                evidence={
-                    "relative_rms": {order[k]: float(med_rel[k]) for k in range(len(order))},
-                    "held_fraction": float(held_each[j]),
-                    "threshold": th.vanish_depth_ratio,
+    if not vanished:
+        return []
+    j = order.index(vanished[0])
+    return [
+        Diagnosis(
+            code="vanishing_gradients",
+            severity="warning",
+            message=_vanishing_message(ctx, order, j, int(against[j]), float(med_rel[j])),
+            modules=vanished[:5],
+            steps=[int(s) for s in steps[[0, -1]]],
+            evidence={
+                "relative_rms": {
+                    order[k]: float(med_rel[k]) for k in range(len(order)) if in_stack[k]
                 },
-                fix="replace saturating activations (sigmoid/tanh) with ReLU/GELU, add residual connections or normalization, "
-                "or use an initialization scaled for depth",
-            )
+                "compared_with": order[against[j]],
+                "held_fraction": float(held_each[j]),
+                "threshold": th.vanish_depth_ratio,
+            },
+            fix="replace saturating activations (sigmoid/tanh) with ReLU/GELU, add residual connections or normalization, "
+            "or use an initialization scaled for depth",
         )
-    return out
+    ]
+
+
+def _vanishing_message(ctx: RunContext, order: list[str], j: int, k: int, rel: float) -> str:
+    stack = next((s for s in ctx.depth_stacks() if order[j] in s), None)
+    if stack is None or k == j:  # no peer, or the stack's output-side member under the floor
+        other = f"the output layer '{order[-1]}'"
+    else:
+        gap = stack.index(order[k]) - stack.index(order[j])
+        other = f"'{order[k]}', the same kind of module {gap} place(s) nearer the output"
+    if rel > 0:
+        return f"'{order[j]}' gets gradients {rel:.2g}x those of {other}"
+    return f"'{order[j]}' gets no gradient, unlike {other}"
 
 
 def _largest(ctx: RunContext) -> list[str]:
