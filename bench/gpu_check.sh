@@ -55,6 +55,9 @@ section "audit: the detector's step vs a plain step (goal <= 3); precision audit
 section "explain: evaluations and ms per example, IG auto vs fixed" &&
   timeout 120 python bench/explain_cost.py --gpu --samples 32 --train-steps 100 2>&1 | grep -v Warn | tail -n 30
 
+section "torchvision false-alarm suite (skips where torchvision does not import)" &&
+  timeout 150 python -m pytest -q -p no:cacheprovider tests/diagnose/test_real_architectures.py -k torchvision 2>&1 | tail -n 3
+
 [ -f bench/checkgrads_speed.py ] && section "check-grads speed" &&
   timeout 60 python bench/checkgrads_speed.py 2>&1 | tail -n 12
 echo "== done in ${SECONDS}s"

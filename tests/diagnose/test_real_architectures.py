@@ -111,3 +111,38 @@ def test_hf_gpt2_recipe_validates_and_trains_with_its_blocks_checkpointed(tmp_pa
     # recomputing both blocks in backward: less saved for backward, the same numbers
     assert on.memory["saved_for_backward"] < 0.7 * off.memory["saved_for_backward"]
     assert on.history["loss"] == pytest.approx(off.history["loss"], rel=1e-2)
+
+
+def _torchvision_importable() -> bool:
+    try:
+        import torchvision  # noqa: F401
+    except Exception:  # PyPI's torchvision beside a CPU torch build raises at import
+        return False
+    return True
+
+
+TV = ROOT / "sample_models" / "torchvision_models.py"
+
+
+@pytest.mark.skipif(
+    not _torchvision_importable(),
+    reason="torchvision does not import beside this torch build (CPU torch 2.13 has no "
+    "matching torchvision wheel on PyPI); bench/gpu_check.sh runs it on a GPU machine",
+)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("model", ["resnet18", "mobilenet"])
+def test_torchvision_architecture_is_not_diagnosed(model, precision, tmp_path):
+    recipe = {
+        "model": {"_component_": f"{TV}:{model}"},
+        "data": {"_component_": f"{TV}:tinted_image_pairs"},
+        "loss": {"_component_": "torch.nn.CrossEntropyLoss"},
+        "optimizer": {"_component_": "torch.optim.AdamW", "lr": 1e-3},
+        "precision": precision,
+        "train": {"steps": 30, "seed": 0},
+        "diagnostics": {"every": 5},
+        "output": {"dir": str(tmp_path / f"{model}_{precision}"), "tensorboard": False},
+    }
+    result = gradoctor.train(recipe)
+    loud = [(d["severity"], d["code"], d["message"]) for d in result.diagnoses]
+    assert not [x for x in loud if x[0] in ("warning", "error")], loud
+    assert result.status == "completed"
