@@ -1,6 +1,8 @@
 """Faithfulness by deletion (Petsiuk et al. 2018, RISE): remove features in order of
 attribution, most positive first, replacing them with the baseline's values, and follow the
-explained score; a faithful map makes it fall fast.
+explained score; a faithful map makes it fall fast. Its premise is a score above the
+baseline's (a predicted class's logit); for an example whose score is below it, the
+normalised curve rises instead and its area says nothing.
 
 Definition: for fractions k/K of the features (k = 0..K, K = ``steps``), the score F of the
 input whose top-(k/K) features (by signed attribution, per example) are replaced by the
