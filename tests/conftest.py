@@ -54,3 +54,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cuda_host_syncs(run, times: int) -> list[str]:
+    """The host syncs CUDA reports (``set_sync_debug_mode("warn")``) while ``run()`` is
+    called ``times`` times; call it once before, so that lazy initialisation is not counted."""
+    import warnings
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(times):
+                run()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    return [str(w.message) for w in caught if "synchroniz" in str(w.message)]

@@ -346,13 +346,8 @@ class PatternDetector(Instrument):
                 "zero_divisors": int(s["zeros"]),
                 "divisor_from": dnode.unscaled().op,
             }
-            if s["zeros"] > 0:
-                sev = "error"
-            elif s["min_abs"] < THRESHOLDS["divisor_min"]:
-                sev = "warning"
-            elif scale:
-                sev = "info"
-            else:
+            sev = _zero_severity(s["zeros"], s["min_abs"], THRESHOLDS["divisor_min"], scale)
+            if sev is None:
                 return None
             msg = (
                 f"{WHAT['unguarded_division']}: the divisor ({dnode.unscaled().op}) reached "
@@ -498,13 +493,8 @@ class PatternDetector(Instrument):
         def grade(s: dict[str, float]) -> tuple[str, str, dict[str, Any]] | None:
             tiny = max(smallest_subnormal(d) for d in dtypes)
             ev = {"min_input": s["min"], "zeros": int(s["zeros"]), "input_from": base.op}
-            if s["zeros"] > 0:
-                sev = "error"
-            elif s["min"] < THRESHOLDS["tiny_factor"] * tiny:
-                sev = "warning"
-            elif capable:
-                sev = "info"
-            else:
+            sev = _zero_severity(s["zeros"], s["min"], THRESHOLDS["tiny_factor"] * tiny, capable)
+            if sev is None:
                 return None
             msg = f"{WHAT['log_of_zero']}: its input ({base.op}) reached {s['min']:.3g}" + (
                 f", {int(s['zeros'])} exact zeros (-inf, and an inf gradient)" if s["zeros"] else ""
@@ -575,13 +565,8 @@ class PatternDetector(Instrument):
 
         def grade(s: dict[str, float]) -> tuple[str, str, dict[str, Any]] | None:
             ev = {"min_input": s["min"], "zeros": int(s["zeros"])}
-            if s["zeros"] > 0:
-                sev = "error"
-            elif s["min"] < THRESHOLDS["sqrt_min"]:
-                sev = "warning"
-            elif sum_of_squares:
-                sev = "info"
-            else:
+            sev = _zero_severity(s["zeros"], s["min"], THRESHOLDS["sqrt_min"], sum_of_squares)
+            if sev is None:
                 return None
             msg = f"{WHAT['sqrt_at_zero']}: its input reached {s['min']:.3g}" + (
                 f", {int(s['zeros'])} exact zeros: the backward gives inf/NaN there"
@@ -708,6 +693,17 @@ def _guarded(node: _Node) -> bool:
     if node.op in ("aten.add", "aten.clamp", "aten.clamp_min", "aten.softplus"):
         return node.op != "aten.add" or bool(node.numbers) or len(node.ins) == 1
     return False
+
+
+def _zero_severity(zeros: float, smallest: float, warn_below: float, present: bool) -> str | None:
+    """The grade of a value that must stay away from 0 (a divisor, a log's or a sqrt's input):
+    error when it was exactly 0, warning below ``warn_below``, info when the pattern is the
+    risky one (``present``) with headroom, else nothing to report."""
+    if zeros > 0:
+        return "error"
+    if smallest < warn_below:
+        return "warning"
+    return "info" if present else None
 
 
 def _exponent_grade(

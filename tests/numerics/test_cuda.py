@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
@@ -11,6 +9,7 @@ from gradoctor.numerics.patterns import PatternDetector
 from gradoctor.recipe import load_recipe
 from gradoctor.training.build import build_state
 from gradoctor.training.step import StepConfig, TrainStep
+from tests.conftest import cuda_host_syncs
 
 pytestmark = pytest.mark.cuda
 if not torch.cuda.is_available():
@@ -26,15 +25,9 @@ def test_one_host_sync_per_audited_step(make_recipe, family: str) -> None:  # no
     step = TrainStep(state, StepConfig.from_recipe(recipe))
     detector = PatternDetector(state.model, target=torch.float16)
     step.run([detector])  # warm-up: lazy initialisation may sync
-    torch.cuda.set_sync_debug_mode("warn")
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for _ in range(3):
-                step.run([detector])
+        syncs = cuda_host_syncs(lambda: step.run([detector]), times=3)
     finally:
-        torch.cuda.set_sync_debug_mode(0)
         step.close()
-    syncs = [w for w in caught if "synchroniz" in str(w.message)]
-    assert len(syncs) <= 3, [str(w.message) for w in syncs]
+    assert len(syncs) <= 3, syncs  # one per step
     assert any(f.code == family for f in detector.findings.values())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 
@@ -12,6 +10,7 @@ from gradoctor.recipe import load_recipe
 from gradoctor.reproducibility.recorder import OpDigestRecorder
 from gradoctor.training.build import build_state
 from gradoctor.training.step import StepConfig, TrainStep
+from tests.conftest import cuda_host_syncs
 
 pytestmark = pytest.mark.cuda
 if not torch.cuda.is_available():
@@ -41,14 +40,8 @@ def test_one_host_sync_per_recorded_step(make_recipe) -> None:  # noqa: ANN001
     step = TrainStep(state, StepConfig.from_recipe(recipe))
     recorder = OpDigestRecorder(state.model)
     step.run([recorder])  # warm-up: lazy initialisation may sync
-    torch.cuda.set_sync_debug_mode("warn")
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for _ in range(3):
-                step.run([recorder])
+        syncs = cuda_host_syncs(lambda: step.run([recorder]), times=3)
     finally:
-        torch.cuda.set_sync_debug_mode(0)
         step.close()
-    syncs = [w for w in caught if "synchroniz" in str(w.message)]
-    assert len(syncs) <= 3, [str(w.message) for w in syncs]
+    assert len(syncs) <= 3, syncs  # one per step
