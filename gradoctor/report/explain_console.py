@@ -44,7 +44,9 @@ def render_explain(r: ExplainResult, console: Console) -> None:
         if "ig" in methods:
             ig = ex["methods"]["ig"]
             c = ig["completeness"]
-            mark = "" if c["converged"] else " [red]✘ cap[/]"
+            mark = ""
+            if not c["converged"]:
+                mark = " [red]✘ stalled[/]" if c.get("stalled") else " [red]✘ cap[/]"
             row += [str(ig["n_steps"]), f"{c['relative_error']:.1e}{mark}"]
         tops = "; ".join(
             f"{m}: {m_['top_features'][0]['index']}"

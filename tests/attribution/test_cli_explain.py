@@ -131,3 +131,14 @@ def test_bad_input_is_exit_2(args: list[str], message: str, tmp_path: Path) -> N
     res = _invoke(CNN, "--samples", "1", "--no-sanity", "--out", str(tmp_path / "x"), *args)
     assert res.exit_code == 2, res.output
     assert message in res.output
+
+
+def test_a_jump_along_the_path_is_flagged_stalled(tmp_path: Path) -> None:
+    # recipes/cnn.yaml normalises right after its first conv: from a zero baseline the score
+    # is constant for every alpha > 0 and different at 0, so no step count converges
+    res = _invoke(CNN, "--samples", "1", "--method", "ig", "--no-sanity", "--out", str(tmp_path))
+    assert res.exit_code == 3, res.output
+    assert "✘ stalled" in res.output and "--baseline mean" in res.output
+    data = json.loads((tmp_path / "explain.json").read_text())
+    c = data["examples"][0]["methods"]["ig"]["completeness"]
+    assert c["stalled"] and not c["converged"] and c["n_steps"] == 64
